@@ -1,0 +1,26 @@
+"""ddpm-hub: denoising diffusion probabilistic models on the Hugging Face stack."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .models.unet import UNet, UNetOutput
+from .pipeline import DDPMHubPipeline, load_pipeline
+from .samplers import make_sampler
+from .scheduler import DDPMHubScheduler, DDPMHubSchedulerOutput
+from .schedules import linear
+
+try:
+    __version__ = version("ddpm-hub")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0+unknown"
+
+__all__ = [
+    "DDPMHubPipeline",
+    "DDPMHubScheduler",
+    "DDPMHubSchedulerOutput",
+    "UNet",
+    "UNetOutput",
+    "__version__",
+    "linear",
+    "load_pipeline",
+    "make_sampler",
+]

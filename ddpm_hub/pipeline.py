@@ -1,0 +1,209 @@
+"""DDPMHubPipeline and load_pipeline (seed: "3. IMAGE GENERATION (Reverse Process)").
+
+The pipeline is a diffusers ``DiffusionPipeline`` with two components, ``unet`` (any registered
+backbone, or diffusers' ``UNet2DModel``) and ``scheduler`` (the training scheduler, or any diffusers
+scheduler). It saves as a diffusers pipeline folder: ``model_index.json``, ``unet/`` (safetensors),
+``scheduler/scheduler_config.json``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+#: the type of ``callback_on_step_end``: (pipeline, step index, timestep, tensors) -> optional new tensors
+StepCallback = Callable[["DDPMHubPipeline", int, int, dict[str, torch.Tensor]], dict[str, torch.Tensor] | None]
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+class DDPMHubPipeline(DiffusionPipeline):
+    """Unconditional image generation by the seed's reverse loop.
+
+    Args:
+        unet: the noise-predicting backbone (``config.sample_size``, ``config.in_channels``).
+        scheduler: the scheduler it was trained with; ``sampler=`` in ``__call__`` picks another one.
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images this pipeline makes."""
+        size = self.unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return self.unet.config.in_channels, h, w
+
+    def make_sampler(self, name: str):
+        """The registered sampler ``name`` (``ddpm``, ``ddim``, ``dpm-solver++``, ...) with this model's betas."""
+        from .samplers import make_sampler
+
+        return make_sampler(name, self.scheduler)
+
+    @staticmethod
+    def predict_original_sample(scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
+        """x_0 implied by the model output at ``timestep`` (for schedulers whose step does not return it)."""
+        alpha_bar = torch.as_tensor(scheduler.alphas_cumprod)[int(timestep)].to(sample.device, sample.dtype)
+        prediction_type = scheduler.config.get("prediction_type", "epsilon")
+        if prediction_type == "sample":
+            return model_output
+        if prediction_type == "v_prediction":
+            return alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * model_output
+        return (sample - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        sampler: str | None = None,
+        callback_on_step_end: StepCallback | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate ``batch_size`` images from pure noise.
+
+        Args:
+            batch_size: number of images.
+            generator: a ``torch.Generator`` (or one per image) for reproducible images. With the same
+                generator seed, unet and scheduler this gives the same images as diffusers' ``DDPMPipeline``.
+            num_inference_steps: reverse steps; default all T for DDPM, the sampler's default otherwise.
+            output_type: ``pil`` (list of PIL images), ``np`` (B, H, W, C floats in [0, 1]) or ``pt``
+                (B, C, H, W floats in [0, 1]).
+            sampler: a registered sampler name (``ddpm``, ``ddim``, ``dpm-solver++``); default: ``self.scheduler``.
+            callback_on_step_end: called after every step as ``callback(pipe, i, t, tensors)`` with
+                ``tensors = {"sample": x_{t-1}, "pred_original_sample": predicted x_0}``; a returned dict
+                may replace ``"sample"``.
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type {output_type!r} is not supported; use one of {OUTPUT_TYPES}")
+        scheduler = self.scheduler if sampler is None else self.make_sampler(sampler)
+        if num_inference_steps is None:
+            from .samplers import DEFAULT_STEPS
+
+            default = DEFAULT_STEPS.get(sampler) if sampler is not None else None
+            is_ddpm = type(scheduler).__name__ in ("DDPMHubScheduler", "DDPMScheduler")
+            num_inference_steps = default or (scheduler.config.num_train_timesteps if is_ddpm else 50)
+
+        # Seed, "Initialization": x = randn((bs, C, IMG_SIZE, IMG_SIZE))
+        image = randn_tensor((batch_size, *self.image_shape), generator=generator, device=self.device,
+                             dtype=self.unet.dtype)
+        image = image * scheduler.init_noise_sigma
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
+
+        # Seed, "Reverse loop": for ts in range(0, T)[::-1]
+        for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
+            model_output = self.unet(scheduler.scale_model_input(image, t), t).sample
+            out = scheduler.step(model_output, t, image, generator=generator)
+            if callback_on_step_end is not None:
+                x0 = getattr(out, "pred_original_sample", None)
+                if x0 is None:
+                    x0 = self.predict_original_sample(scheduler, model_output, t, image)
+                result = callback_on_step_end(self, i, int(t), {"sample": out.prev_sample, "pred_original_sample": x0})
+                image = (result or {}).get("sample", out.prev_sample)
+            else:
+                image = out.prev_sample
+
+        # Seed, "Final Output": generated_image = torch.clamp(x, -1, 1), mapped to [0, 1]
+        image = image.clamp(-1, 1) / 2 + 0.5
+        if output_type == "pt":
+            images = image.float().cpu()
+        else:
+            images = image.float().cpu().permute(0, 2, 3, 1).numpy()
+            if output_type == "pil":
+                images = self.numpy_to_pil(images)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+
+def _pipeline_folder(path: Path) -> Path:
+    """The pipeline folder in ``path``: the folder itself, or a training run's ``pipeline/``."""
+    if (path / "model_index.json").is_file():
+        return path
+    if (path / "pipeline" / "model_index.json").is_file():
+        return path / "pipeline"
+    raise FileNotFoundError(
+        f"{path} is not a pipeline folder: it has no model_index.json (nor pipeline/model_index.json, as a "
+        "training run folder has). Point to the folder that `DDPMHubPipeline.save_pretrained` or "
+        "`ddpm-hub train` wrote"
+    )
+
+
+def check_pipeline_folder(folder: Path) -> dict[str, Any]:
+    """Check that a pipeline folder is complete and loadable safely; return its model_index.json.
+
+    Raises a clear error when a component folder or its safetensors weights are missing, when the weights
+    exist only as pickle files (never loaded), or when a component's library (a plugin) is not installed.
+    """
+    index = json.loads((folder / "model_index.json").read_text())
+    requires = index.get("_ddpm_hub_requires", {})
+    for name in ("unet", "scheduler"):
+        if name not in index:
+            raise ValueError(f"{folder / 'model_index.json'} has no {name!r} component; this is not a DDPM pipeline")
+        library, class_name = index[name]
+        try:
+            module = importlib.import_module(library)
+        except ImportError as exc:
+            dist = requires.get(name, {}).get("distribution", library.replace("_", "-"))
+            version = requires.get(name, {}).get("version")
+            raise ImportError(
+                f"this checkpoint's {name} is {library}.{class_name}, provided by the distribution {dist!r}"
+                f"{f' (saved with version {version})' if version else ''}, which is not installed: "
+                f"pip install {dist}"
+            ) from exc
+        if not hasattr(module, class_name):
+            raise ImportError(
+                f"this checkpoint's {name} is {library}.{class_name}, but the installed {library} has no "
+                f"{class_name}; upgrade it"
+            )
+        component = folder / name
+        if not component.is_dir():
+            raise FileNotFoundError(f"incomplete pipeline folder {folder}: the {name}/ folder is missing")
+    unet = folder / "unet"
+    if not (unet / "config.json").is_file():
+        raise FileNotFoundError(f"incomplete pipeline folder {folder}: unet/config.json is missing")
+    if not list(unet.glob("*.safetensors")):
+        pickles = [p.name for p in unet.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
+        if pickles:
+            raise ValueError(
+                f"{unet} holds weights only as pickle files ({', '.join(pickles)}); ddpm-hub loads safetensors only, "
+                "since unpickling a downloaded file can run arbitrary code. Convert them where you trust the file "
+                "(load it, then save_pretrained(..., safe_serialization=True))"
+            )
+        raise FileNotFoundError(f"incomplete pipeline folder {folder}: unet/ has no .safetensors weights")
+    if not list((folder / "scheduler").glob("scheduler_config.json")):
+        raise FileNotFoundError(f"incomplete pipeline folder {folder}: scheduler/scheduler_config.json is missing")
+    return index
+
+
+def load_pipeline(repo_id_or_path: str | Path, revision: str | None = None, **kwargs: Any) -> DDPMHubPipeline:
+    """Load a pipeline from a local folder (a pipeline folder or a training run folder).
+
+    Loads ddpm-hub checkpoints and stock diffusers DDPM checkpoints (``UNet2DModel`` + ``DDPMScheduler``)
+    alike, safetensors only. ``kwargs`` go to ``DiffusionPipeline.from_pretrained`` (``torch_dtype`` ...).
+    """
+    from .plugins import load_plugins
+
+    load_plugins()
+    path = Path(repo_id_or_path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"no pipeline folder at {path}")
+    folder = _pipeline_folder(path)
+    check_pipeline_folder(folder)
+    return DDPMHubPipeline.from_pretrained(folder, use_safetensors=True, **kwargs)

@@ -1,0 +1,81 @@
+"""Samplers: the scheduler used at generation time, built from the training scheduler's config.
+
+``make_sampler(name, scheduler)`` looks ``name`` up in the sampler registry (core: ``ddpm``, ``ddim``,
+``dpm-solver++``; plugins add more) and builds a scheduler with the same betas.
+
+Why the few-step samplers clip x_0: with the T-scaled range alpha_bar_T is about 4e-5, so the x_0 that a
+sampler predicts at high t is the model's noise error amplified about 1/sqrt(4e-5) = 160 times. The
+seed's 512-step loop only clamps the final image and is fine, but a 20- or 50-step sampler copied from a
+non-clipping config saturates. So ``ddim`` clips x_0 to [-1, 1] and ``dpm-solver++`` thresholds it, and
+both use "trailing" timestep spacing so that the first step starts at t = T-1 (Lin et al. 2023).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from .hookspecs import hookimpl
+from .scheduler import DDPMHubScheduler
+
+#: beta_schedule names that diffusers' schedulers compute themselves
+DIFFUSERS_SCHEDULES = {"linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"}
+
+
+def _diffusers_config(config: dict[str, Any], betas: torch.Tensor) -> dict[str, Any]:
+    """A config any diffusers scheduler accepts; schedules diffusers does not know travel as trained_betas."""
+    config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    if config.get("trained_betas") is None and config.get("beta_schedule", "linear") not in DIFFUSERS_SCHEDULES:
+        config["trained_betas"] = betas.tolist()
+    return config
+
+
+def ddpm(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:
+    """Ancestral sampling with the posterior variance, the seed's reverse process (default: all T steps).
+
+    A ddpm-hub config gives a ``DDPMHubScheduler``; a stock diffusers config (for example
+    google/ddpm-cifar10-32's) keeps diffusers' ``DDPMScheduler`` with its own variance and clipping.
+    """
+    if config.get("_class_name") == DDPMHubScheduler.__name__:
+        return DDPMHubScheduler.from_config(config)
+    return DDPMScheduler.from_config(_diffusers_config(config, betas))
+
+
+def ddim(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:
+    """DDIM (Song et al. 2021), deterministic (eta=0), x_0 clipped to [-1, 1]."""
+    return DDIMScheduler.from_config(
+        _diffusers_config(config, betas), clip_sample=True, clip_sample_range=1.0, set_alpha_to_one=True,
+        timestep_spacing="trailing",
+    )
+
+
+def dpm_solver_pp(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:
+    """DPM-Solver++ (Lu et al. 2022), 2nd order multistep, x_0 thresholded to [-1, 1]."""
+    return DPMSolverMultistepScheduler.from_config(
+        _diffusers_config(config, betas), algorithm_type="dpmsolver++", solver_order=2, thresholding=True,
+        sample_max_value=1.0, dynamic_thresholding_ratio=0.995, timestep_spacing="trailing",
+        final_sigmas_type="zero", lower_order_final=True,
+    )
+
+
+#: default number of inference steps per sampler (None: all T steps)
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20}
+
+
+def make_sampler(name: str, scheduler: SchedulerMixin) -> SchedulerMixin:
+    """Build the sampler ``name`` with the same betas as ``scheduler`` (a training scheduler)."""
+    from .plugins import get_sampler
+
+    factory = get_sampler(name)
+    betas = torch.as_tensor(scheduler.betas, dtype=torch.float64)
+    return factory({**scheduler.config, "_class_name": type(scheduler).__name__}, betas)
+
+
+@hookimpl
+def register_samplers(register):
+    register("ddpm", ddpm)
+    register("ddim", ddim)
+    register("dpm-solver++", dpm_solver_pp)

@@ -1,0 +1,58 @@
+"""Beta schedules (seed: "1. Setup and Noise Schedule").
+
+A schedule is a function ``(num_train_timesteps, **kwargs) -> betas`` returning a float64 tensor of
+shape ``(T,)``. Core ships ``linear``; plugins add more through the ``register_schedules`` hook.
+
+Why the default range is scaled by 1000/T: Ho et al. use beta in [1e-4, 0.02] at T=1000, which leaves
+sqrt(alpha_bar_T) = 0.0064 of the image at the last step. The seed uses T=512; with the unscaled range
+sqrt(alpha_bar_T) = 0.075, so 7.5% of the image survives at t=T and sampling would start from pure
+noise, a distribution the model never saw. Scaling both ends by 1000/T (beta in [1.95e-4, 0.039] at
+T=512) keeps the total noise the same as at T=1000: sqrt(alpha_bar_T) = 0.0063 at T=512. Pass
+``beta_start=1e-4, beta_end=0.02`` to get the seed's literal betas.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .hookspecs import hookimpl
+
+#: Ho et al.'s range at T=1000; the default range at T is this times 1000/T.
+REFERENCE_BETA_START = 1e-4
+REFERENCE_BETA_END = 0.02
+REFERENCE_TIMESTEPS = 1000
+
+
+def default_beta_range(num_train_timesteps: int) -> tuple[float, float]:
+    """The 1000/T-scaled linear range: ``(1e-4 * 1000 / T, 0.02 * 1000 / T)``."""
+    scale = REFERENCE_TIMESTEPS / num_train_timesteps
+    return REFERENCE_BETA_START * scale, REFERENCE_BETA_END * scale
+
+
+def linear(
+    num_train_timesteps: int = 512, beta_start: float | None = None, beta_end: float | None = None
+) -> torch.Tensor:
+    """The seed's schedule: ``beta = linspace(start, end, n_steps)``, in float64."""
+    default_start, default_end = default_beta_range(num_train_timesteps)
+    beta_start = default_start if beta_start is None else beta_start
+    beta_end = default_end if beta_end is None else beta_end
+    return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+
+
+def check_betas(betas: torch.Tensor, name: str) -> torch.Tensor:
+    """Validate what a schedule returned: 1-D, finite, every beta strictly inside (0, 1)."""
+    betas = torch.as_tensor(betas, dtype=torch.float64)
+    if betas.ndim != 1 or betas.numel() < 1:
+        raise ValueError(f"schedule {name!r} returned betas of shape {tuple(betas.shape)}; expected (T,) with T >= 1")
+    if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas >= 1).any():
+        bad = betas[~((betas > 0) & (betas < 1))]
+        raise ValueError(
+            f"schedule {name!r} gives betas outside (0, 1) (for example {bad[:3].tolist()}); every beta must be "
+            "strictly between 0 and 1: check beta_start and beta_end"
+        )
+    return betas
+
+
+@hookimpl
+def register_schedules(register):
+    register("linear", linear)
