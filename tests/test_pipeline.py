@@ -1,0 +1,164 @@
+"""DDPMHubPipeline: same images as diffusers' DDPMPipeline, samplers, outputs, callbacks, save/load."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+from PIL import Image
+
+from ddpm_hub import DDPMHubPipeline, DDPMHubScheduler, UNet, load_pipeline, make_sampler
+
+
+@pytest.fixture
+def unet(tiny_unet_kwargs):
+    torch.manual_seed(0)
+    model = UNet(**tiny_unet_kwargs)
+    torch.nn.init.normal_(model.conv_out.weight, std=0.02)  # untrained but not identically zero
+    return model.eval()
+
+
+@pytest.fixture
+def pipe(unet):
+    p = DDPMHubPipeline(unet=unet, scheduler=DDPMHubScheduler())
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("scheduler_cls", [DDPMHubScheduler, DDPMScheduler])
+def test_same_seed_same_images_as_diffusers_ddpm_pipeline(unet, scheduler_cls):
+    scheduler = scheduler_cls.from_config(DDPMHubScheduler().config)
+    ours = DDPMHubPipeline(unet=unet, scheduler=scheduler)
+    theirs = DDPMPipeline(unet=unet, scheduler=scheduler)
+    for p in (ours, theirs):
+        p.set_progress_bar_config(disable=True)
+    a = ours(batch_size=2, generator=gen(1), num_inference_steps=512, output_type="np").images
+    b = theirs(batch_size=2, generator=gen(1), num_inference_steps=512, output_type="np").images
+    assert np.array_equal(a, b)
+
+
+def test_output_types(pipe):
+    pt = pipe(batch_size=2, generator=gen(), num_inference_steps=4, output_type="pt").images
+    np_ = pipe(batch_size=2, generator=gen(), num_inference_steps=4, output_type="np").images
+    pil = pipe(batch_size=2, generator=gen(), num_inference_steps=4, output_type="pil").images
+    assert pt.shape == (2, 1, 28, 28) and 0 <= pt.min() and pt.max() <= 1
+    assert np_.shape == (2, 28, 28, 1)
+    np.testing.assert_array_equal(pt.permute(0, 2, 3, 1).numpy(), np_)
+    assert len(pil) == 2 and isinstance(pil[0], Image.Image) and pil[0].mode == "L" and pil[0].size == (28, 28)
+    with pytest.raises(ValueError, match=r"output_type 'jpg' is not supported"):
+        pipe(output_type="jpg")
+    with pytest.raises(ValueError, match=r"batch_size must be a positive integer, got 0"):
+        pipe(batch_size=0)
+
+
+def test_generator_makes_it_reproducible(pipe):
+    a = pipe(batch_size=2, generator=gen(3), num_inference_steps=8, output_type="pt").images
+    b = pipe(batch_size=2, generator=gen(3), num_inference_steps=8, output_type="pt").images
+    c = pipe(batch_size=2, generator=gen(4), num_inference_steps=8, output_type="pt").images
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm-solver++"])
+def test_callback_sees_every_step_with_sample_and_predicted_x0(pipe, sampler):
+    seen = []
+
+    def callback(p, i, t, tensors):
+        assert p is pipe
+        seen.append((i, t, tensors["sample"].shape, tensors["pred_original_sample"].shape))
+        return None
+
+    pipe(batch_size=2, generator=gen(), sampler=sampler, num_inference_steps=6, callback_on_step_end=callback)
+    assert [s[0] for s in seen] == list(range(6))
+    assert seen[0][1] > seen[-1][1]  # timesteps go from T towards 0
+    assert all(s[2] == s[3] == (2, 1, 28, 28) for s in seen)
+
+
+def test_callback_can_replace_the_sample(pipe):
+    zeros = pipe(batch_size=1, generator=gen(), num_inference_steps=3, output_type="pt",
+                 callback_on_step_end=lambda p, i, t, x: {"sample": torch.zeros_like(x["sample"])}).images
+    assert torch.equal(zeros, torch.full_like(zeros, 0.5))
+
+
+@pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler])
+def test_any_diffusers_scheduler_built_from_our_config_samples(unet, cls):
+    p = DDPMHubPipeline(unet=unet, scheduler=cls.from_config(DDPMHubScheduler().config))
+    p.set_progress_bar_config(disable=True)
+    images = p(batch_size=2, generator=gen(), num_inference_steps=10, output_type="pt").images
+    assert images.shape == (2, 1, 28, 28) and torch.isfinite(images).all()
+
+
+def test_few_step_samplers_clip_the_predicted_x0():
+    """With the T-scaled range, x_0 predicted at high t is the noise error amplified ~160x. A DDIM copied
+    from our non-clipping config lets it run away; the registered ddim and dpm-solver++ keep it in [-1, 1]."""
+    ours = DDPMHubScheduler()
+    assert ours.config.clip_sample is False
+    ddim, dpm = make_sampler("ddim", ours), make_sampler("dpm-solver++", ours)
+    assert ddim.config.clip_sample is True and dpm.config.thresholding is True
+    assert make_sampler("ddpm", ours).config == ours.config
+
+    x = torch.randn(2, 1, 8, 8, generator=gen())
+    eps_error = 0.2 * torch.randn(2, 1, 8, 8, generator=gen(1))  # an imperfect model's noise prediction
+    naive = DDIMScheduler.from_config(ours.config)
+    naive.set_timesteps(20)
+    ddim.set_timesteps(20)
+    t = ddim.timesteps[0]
+    assert naive.step(eps_error, naive.timesteps[0], x).pred_original_sample.abs().max() > 10
+    assert ddim.step(eps_error, t, x).pred_original_sample.abs().max() <= 1.0
+
+
+def test_samplers_keep_the_training_betas():
+    ours = DDPMHubScheduler(beta_start=3e-4, beta_end=0.03)
+    for name in ("ddpm", "ddim", "dpm-solver++"):
+        sampler = make_sampler(name, ours)
+        torch.testing.assert_close(torch.as_tensor(sampler.alphas_cumprod).double(), ours.alphas_cumprod,
+                                   rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match=r"unknown sampler 'euler'.*ddim, ddpm, dpm-solver\+\+"):
+        make_sampler("euler", ours)
+
+
+def test_pipeline_save_load_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "p")
+    index = json.loads((tmp_path / "p" / "model_index.json").read_text())
+    assert index["_class_name"] == "DDPMHubPipeline"
+    assert (tmp_path / "p" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (tmp_path / "p" / "scheduler" / "scheduler_config.json").is_file()
+    loaded = load_pipeline(tmp_path / "p")
+    loaded.set_progress_bar_config(disable=True)
+    for sampler in (None, "ddim"):
+        a = pipe(batch_size=2, generator=gen(), sampler=sampler, num_inference_steps=5, output_type="pt").images
+        b = loaded(batch_size=2, generator=gen(), sampler=sampler, num_inference_steps=5, output_type="pt").images
+        assert torch.equal(a, b)
+
+
+def test_loads_a_stock_diffusers_ddpm_folder(tmp_path):
+    unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=8)
+    stock = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000))
+    stock.set_progress_bar_config(disable=True)
+    stock.save_pretrained(tmp_path)
+    loaded = load_pipeline(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded, DDPMHubPipeline) and isinstance(loaded.unet, UNet2DModel)
+    a = stock(batch_size=1, generator=gen(), num_inference_steps=5, output_type="np").images
+    b = loaded(batch_size=1, generator=gen(), num_inference_steps=5, output_type="np").images
+    np.testing.assert_array_equal(a, b)
+    assert loaded(batch_size=1, sampler="ddim", num_inference_steps=3, output_type="pt").images.shape == (1, 3, 16, 16)
+
+
+def test_incomplete_or_unsafe_folders_are_refused(pipe, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"not a pipeline folder: it has no model_index.json"):
+        load_pipeline(tmp_path)
+    pipe.save_pretrained(tmp_path / "p")
+    weights = tmp_path / "p" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(ValueError, match=r"weights only as pickle files \(diffusion_pytorch_model.bin\)"):
+        load_pipeline(tmp_path / "p")
+    weights.with_suffix(".bin").unlink()
+    with pytest.raises(FileNotFoundError, match=r"unet/ has no .safetensors weights"):
+        load_pipeline(tmp_path / "p")

@@ -1,0 +1,255 @@
+"""DDPMHubScheduler pinned against a float64 transcription of the seed and against diffusers' DDPMScheduler."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+from ddpm_hub import DDPMHubScheduler, linear
+
+T = 512
+
+
+def seed_tables(betas: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The seed's 'Derived Variables' and 'Precomputations', line by line, in float64."""
+    beta = betas.double()
+    alpha = 1.0 - beta
+    alpha_bar = torch.cumprod(alpha, dim=0)
+    sqrt_alpha_bar = torch.sqrt(alpha_bar)
+    sqrt_one_minus_alpha_bar = torch.sqrt(1.0 - alpha_bar)
+    alpha_bar_t_minus_1 = F.pad(alpha_bar[:-1], (1, 0), value=1.0)
+    posterior_variance = beta * (1.0 - alpha_bar_t_minus_1) / (1.0 - alpha_bar)
+    sqrt_one_over_alpha = torch.sqrt(1.0 / alpha)
+    return dict(beta=beta, alpha=alpha, alpha_bar=alpha_bar, sqrt_alpha_bar=sqrt_alpha_bar,
+                sqrt_one_minus_alpha_bar=sqrt_one_minus_alpha_bar, posterior_variance=posterior_variance,
+                sqrt_one_over_alpha=sqrt_one_over_alpha)
+
+
+def fake_model(x: torch.Tensor, t) -> torch.Tensor:
+    """A deterministic stand-in for the UNet: depends on both the sample and the timestep."""
+    t = torch.as_tensor(t, dtype=x.dtype)
+    return torch.tanh(x) * (0.5 + 0.5 * t / T)
+
+
+def diffusers_reference(s: DDPMHubScheduler) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=T, beta_start=s.config.beta_start, beta_end=s.config.beta_end,
+                         beta_schedule="linear", variance_type="fixed_small", clip_sample=False)
+
+
+def test_default_schedule_is_t_scaled_linear_and_reaches_noise():
+    s = DDPMHubScheduler()
+    assert s.config.num_train_timesteps == 512
+    assert s.betas.dtype == torch.float64
+    assert s.config.beta_start == pytest.approx(1e-4 * 1000 / 512)
+    assert s.config.beta_end == pytest.approx(0.02 * 1000 / 512)
+    # DESIGN: sqrt(alpha_bar_T) stays below 0.01, as it does at T=1000 with Ho et al.'s range
+    assert s.alphas_cumprod[-1].sqrt() < 0.01
+    # ...and the unscaled range at T=512 would leave 7.5% of the image
+    unscaled = DDPMHubScheduler(beta_start=1e-4, beta_end=0.02)
+    assert unscaled.alphas_cumprod[-1].sqrt() == pytest.approx(0.075, abs=0.002)
+
+
+def test_unscaled_range_gives_the_seeds_literal_betas():
+    s = DDPMHubScheduler(beta_start=1e-4, beta_end=0.02)
+    expected = torch.linspace(1e-4, 0.02, 512, dtype=torch.float64)
+    torch.testing.assert_close(s.betas, expected, rtol=0, atol=1e-15)
+    torch.testing.assert_close(linear(512, beta_start=1e-4, beta_end=0.02), expected, rtol=0, atol=1e-15)
+
+
+def test_tables_match_the_seed_in_float64():
+    s = DDPMHubScheduler()
+    ref = seed_tables(torch.linspace(s.config.beta_start, s.config.beta_end, T, dtype=torch.float64))
+    for ours, name in [(s.beta, "beta"), (s.alpha, "alpha"), (s.alpha_bar, "alpha_bar"),
+                       (s.sqrt_alphas_cumprod, "sqrt_alpha_bar"),
+                       (s.sqrt_one_minus_alphas_cumprod, "sqrt_one_minus_alpha_bar"),
+                       (s.posterior_variance, "posterior_variance"),
+                       (s.sqrt_one_over_alpha, "sqrt_one_over_alpha")]:
+        torch.testing.assert_close(ours, ref[name], rtol=0, atol=1e-10, msg=name)
+
+
+def test_add_noise_matches_the_seed_in_float64():
+    s = DDPMHubScheduler()
+    ref = seed_tables(s.betas)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 100, 300, 511])
+    bs = x0.shape[0]
+    expected = (ref["sqrt_alpha_bar"][t].view(bs, 1, 1, 1) * x0
+                + ref["sqrt_one_minus_alpha_bar"][t].view(bs, 1, 1, 1) * noise)
+    torch.testing.assert_close(s.add_noise(x0, noise, t), expected, rtol=0, atol=1e-10)
+
+
+def test_whole_reverse_chain_matches_the_seed_in_float64():
+    """The seed's reverse loop, transcribed, against scheduler.step with the same noise draws."""
+    s = DDPMHubScheduler()
+    ref = seed_tables(s.betas)
+    shape, bs = (2, 1, 6, 6), 2
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    for ts in range(0, T)[::-1]:
+        t = torch.full((bs,), ts).long()
+        eps = fake_model(x, ts)
+        noise = torch.randn(shape, generator=g, dtype=torch.float64) if ts > 0 else 0
+        x = (ref["sqrt_one_over_alpha"][t].view(bs, 1, 1, 1)
+             * (x - ref["beta"][t].view(bs, 1, 1, 1) / ref["sqrt_one_minus_alpha_bar"][t].view(bs, 1, 1, 1) * eps)
+             + torch.sqrt(ref["posterior_variance"][t].view(bs, 1, 1, 1)) * noise)
+    seed_image = torch.clamp(x, -1, 1)
+
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(shape, generator=g, dtype=torch.float64)
+    s.set_timesteps()
+    for t in s.timesteps:
+        y = s.step(fake_model(y, t), t, y, generator=g).prev_sample
+    torch.testing.assert_close(torch.clamp(y, -1, 1), seed_image, rtol=0, atol=1e-10)
+
+
+def test_tables_and_add_noise_match_diffusers():
+    s, d = DDPMHubScheduler(), None
+    d = diffusers_reference(s)
+    torch.testing.assert_close(s.alphas.float(), d.alphas, rtol=0, atol=1e-6)
+    torch.testing.assert_close(s.alphas_cumprod.float(), d.alphas_cumprod, rtol=0, atol=1e-6)
+    variances = torch.stack([d._get_variance(t) for t in range(1, T)])
+    torch.testing.assert_close(s.posterior_variance[1:].float(), variances, rtol=1e-5, atol=1e-7)
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(8, 3, 16, 16, generator=g) * 2 - 1
+    noise = torch.randn(8, 3, 16, 16, generator=g)
+    t = torch.randint(0, T, (8,), generator=g)
+    torch.testing.assert_close(s.add_noise(x0, noise, t), d.add_noise(x0, noise, t), rtol=0, atol=1e-6)
+    torch.testing.assert_close(s.get_velocity(x0, noise, t), d.get_velocity(x0, noise, t), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("t", [0, 1, 2, 5, 10, 250, 511])
+def test_one_step_matches_diffusers_and_the_seed(t):
+    """One float32 step against diffusers and against the seed's formula evaluated in float64 on the same
+    inputs and the same noise draw. diffusers recomputes beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} in float32;
+    for the smallest t (beta_t ~ 2e-4) that cancellation costs it up to ~6e-5, so there the check against
+    diffusers is 1e-4 while ours stays within 1e-6 of the float64 seed."""
+    s = DDPMHubScheduler()
+    d = diffusers_reference(s)
+    ref = seed_tables(s.betas)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    eps = fake_model(x, t)
+    ours = s.step(eps, t, x, generator=torch.Generator().manual_seed(7))
+    theirs = d.step(eps, t, x, generator=torch.Generator().manual_seed(7))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7)).double() if t > 0 else 0
+    seed = (ref["sqrt_one_over_alpha"][t] * (x.double() - ref["beta"][t] / ref["sqrt_one_minus_alpha_bar"][t]
+                                             * eps.double())
+            + ref["posterior_variance"][t].sqrt() * noise)
+    torch.testing.assert_close(ours.prev_sample.double(), seed, rtol=0, atol=1e-6)
+    diffusers_tolerance = 1e-4 if 0 < t < 10 else 1e-6
+    torch.testing.assert_close(ours.prev_sample, theirs.prev_sample, rtol=0, atol=diffusers_tolerance)
+    # x_0 at high t is the noise amplified ~160 times (|x_0| ~ 200), so it is compared relatively
+    torch.testing.assert_close(ours.pred_original_sample, theirs.pred_original_sample, rtol=1e-6, atol=1e-6)
+
+
+def test_whole_chain_matches_diffusers_in_float32():
+    """512 steps with the same noise draws, in float32, with a model that denoises towards a fixed image
+    (an almost-perfect model for a one-image dataset, so x stays at the data's scale as with a trained
+    model). diffusers recomputes beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} from a float32 alpha_bar (up to
+    6e-5 off per step at the smallest t, see the one-step test); measured residual over the chain: ~1.5e-6."""
+    s = DDPMHubScheduler()
+    d = diffusers_reference(s)
+    d.set_timesteps(T)
+    s.set_timesteps()
+    assert torch.equal(s.timesteps, d.timesteps)
+    target = torch.linspace(-0.9, 0.9, 64).reshape(1, 1, 8, 8)
+
+    def model(x, t):
+        alpha_bar = s.alphas_cumprod[int(t)]
+        oracle = (x.double() - alpha_bar.sqrt() * target) / (1 - alpha_bar).sqrt()
+        return oracle.float() + 0.05 * torch.sin(3 * x)
+
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    x = torch.randn(2, 1, 8, 8, generator=g1)
+    y = torch.randn(2, 1, 8, 8, generator=g2)
+    for t in s.timesteps:
+        x = s.step(model(x, t), t, x, generator=g1).prev_sample
+        y = d.step(model(y, t), t, y, generator=g2).prev_sample
+    residual = (x - y).abs().max().item()
+    assert residual < 1e-4, f"chains diverged by {residual}"
+    assert (x - target).abs().max() < 0.01  # the chain really went from noise to the image
+
+
+def test_fewer_inference_steps_jump_with_effective_beta():
+    s = DDPMHubScheduler()
+    d = diffusers_reference(s)
+    s.set_timesteps(64)
+    d.set_timesteps(64)
+    assert torch.equal(s.timesteps, d.timesteps)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    for t in s.timesteps[:3]:
+        a = s.step(fake_model(x, t), t, x, generator=torch.Generator().manual_seed(int(t))).prev_sample
+        b = d.step(fake_model(x, t), t, x, generator=torch.Generator().manual_seed(int(t))).prev_sample
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        x = a
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_other_prediction_types_match_diffusers(prediction_type):
+    s = DDPMHubScheduler(prediction_type=prediction_type)
+    d = DDPMScheduler.from_config(s.config)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = fake_model(x, 300)
+    a = s.step(out, 300, x, generator=torch.Generator().manual_seed(1))
+    b = d.step(out, 300, x, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=0, atol=1e-5)
+
+
+def test_no_noise_is_drawn_at_t0():
+    s = DDPMHubScheduler()
+    x = torch.randn(1, 1, 4, 4)
+    a = s.step(fake_model(x, 0), 0, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    b = s.step(fake_model(x, 0), 0, x, generator=torch.Generator().manual_seed(99)).prev_sample
+    assert torch.equal(a, b)
+
+
+def test_other_diffusers_schedulers_build_from_our_config():
+    s = DDPMHubScheduler()
+    for cls in (DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler):
+        other = cls.from_config(s.config)
+        assert other.config.num_train_timesteps == 512
+        torch.testing.assert_close(other.alphas_cumprod, s.alphas_cumprod.float(), rtol=0, atol=1e-6)
+
+
+def test_scheduler_save_load_round_trip(tmp_path):
+    s = DDPMHubScheduler(beta_start=1e-4, beta_end=0.02, clip_sample=True, prediction_type="v_prediction")
+    s.save_pretrained(tmp_path)
+    loaded = DDPMHubScheduler.from_pretrained(tmp_path)
+    assert dict(loaded.config) == dict(s.config)
+    torch.testing.assert_close(loaded.betas, s.betas, rtol=0, atol=0)
+    x = torch.randn(1, 3, 4, 4)
+    a = s.step(x, 100, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    b = loaded.step(x, 100, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(beta_schedule="cosinus"), r"unknown schedule 'cosinus'.*registered schedules: .*linear"),
+        (dict(num_train_timesteps=0), r"num_train_timesteps must be an integer >= 1, got 0"),
+        (dict(beta_start=1e-4, beta_end=1.5), r"betas outside \(0, 1\)"),
+        (dict(beta_start=-0.1, beta_end=0.02), r"betas outside \(0, 1\)"),
+        (dict(trained_betas=[0.1, 0.2], num_train_timesteps=3), r"trained_betas has 2 values"),
+        (dict(prediction_type="noise"), r"prediction_type 'noise' is not supported"),
+        (dict(variance_type="fixed_large"), r"variance_type 'fixed_large' is not supported"),
+    ],
+)
+def test_bad_config_is_a_clear_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DDPMHubScheduler(**kwargs)
+
+
+def test_out_of_range_timesteps_are_a_clear_error():
+    s = DDPMHubScheduler()
+    x = torch.zeros(2, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"timesteps must be in \[0, 511\].*\[3, 512\]"):
+        s.add_noise(x, x, torch.tensor([3, 512]))
+    with pytest.raises(ValueError, match=r"timestep -1 is out of range: must be in \[0, 511\]"):
+        s.step(x, -1, x)
+    with pytest.raises(ValueError, match=r"num_inference_steps must be an integer between 1 and .*512, got 600"):
+        s.set_timesteps(600)
