@@ -19,7 +19,9 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 #: the type of ``callback_on_step_end``: (pipeline, step index, timestep, tensors) -> optional new tensors
-StepCallback = Callable[["DDPMHubPipeline", int, int, dict[str, torch.Tensor]], dict[str, torch.Tensor] | None]
+StepCallback = Callable[
+    ["DDPMHubPipeline", int, int, dict[str, torch.Tensor]], dict[str, torch.Tensor] | None
+]
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -52,7 +54,9 @@ class DDPMHubPipeline(DiffusionPipeline):
         return make_sampler(name, self.scheduler)
 
     @staticmethod
-    def predict_original_sample(scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
+    def predict_original_sample(
+        scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor
+    ) -> torch.Tensor:
         """x_0 implied by the model output at ``timestep`` (for schedulers whose step does not return it)."""
         alpha_bar = torch.as_tensor(scheduler.alphas_cumprod)[int(timestep)].to(sample.device, sample.dtype)
         prediction_type = scheduler.config.get("prediction_type", "epsilon")
@@ -100,8 +104,9 @@ class DDPMHubPipeline(DiffusionPipeline):
             num_inference_steps = default or (scheduler.config.num_train_timesteps if is_ddpm else 50)
 
         # Seed, "Initialization": x = randn((bs, C, IMG_SIZE, IMG_SIZE))
-        image = randn_tensor((batch_size, *self.image_shape), generator=generator, device=self.device,
-                             dtype=self.unet.dtype)
+        image = randn_tensor(
+            (batch_size, *self.image_shape), generator=generator, device=self.device, dtype=self.unet.dtype
+        )
         image = image * scheduler.init_noise_sigma
         scheduler.set_timesteps(num_inference_steps, device=self.device)
 
@@ -113,7 +118,9 @@ class DDPMHubPipeline(DiffusionPipeline):
                 x0 = getattr(out, "pred_original_sample", None)
                 if x0 is None:
                     x0 = self.predict_original_sample(scheduler, model_output, t, image)
-                result = callback_on_step_end(self, i, int(t), {"sample": out.prev_sample, "pred_original_sample": x0})
+                result = callback_on_step_end(
+                    self, i, int(t), {"sample": out.prev_sample, "pred_original_sample": x0}
+                )
                 image = (result or {}).get("sample", out.prev_sample)
             else:
                 image = out.prev_sample
@@ -155,7 +162,9 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
     requires = index.get("_ddpm_hub_requires", {})
     for name in ("unet", "scheduler"):
         if name not in index:
-            raise ValueError(f"{folder / 'model_index.json'} has no {name!r} component; this is not a DDPM pipeline")
+            raise ValueError(
+                f"{folder / 'model_index.json'} has no {name!r} component; this is not a DDPM pipeline"
+            )
         library, class_name = index[name]
         try:
             module = importlib.import_module(library)
@@ -188,7 +197,9 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
             )
         raise FileNotFoundError(f"incomplete pipeline folder {folder}: unet/ has no .safetensors weights")
     if not list((folder / "scheduler").glob("scheduler_config.json")):
-        raise FileNotFoundError(f"incomplete pipeline folder {folder}: scheduler/scheduler_config.json is missing")
+        raise FileNotFoundError(
+            f"incomplete pipeline folder {folder}: scheduler/scheduler_config.json is missing"
+        )
     return index
 
 

@@ -20,8 +20,19 @@ import pluggy
 
 from . import hookspecs
 
-__all__ = ["Entry", "pm", "get_schedules", "get_samplers", "get_backbones", "get_schedule", "get_sampler",
-           "get_backbone", "provider", "reset_registries", "plugin_info"]
+__all__ = [
+    "Entry",
+    "pm",
+    "get_schedules",
+    "get_samplers",
+    "get_backbones",
+    "get_schedule",
+    "get_sampler",
+    "get_backbone",
+    "provider",
+    "reset_registries",
+    "plugin_info",
+]
 
 ENTRY_POINT_GROUP = "ddpm_hub"
 DEFAULT_PLUGINS = ("ddpm_hub.schedules", "ddpm_hub.samplers", "ddpm_hub.models.unet")
@@ -109,7 +120,9 @@ def _collect() -> dict[str, dict[str, Entry]]:
 
             def register(name: str, obj: Any, _kind=kind, _plugin=plugin_name, _dist=dist, _version=version):
                 if not isinstance(name, str) or not name:
-                    raise ValueError(f"plugin {_plugin!r} registered a {_kind[:-1]} with an invalid name {name!r}")
+                    raise ValueError(
+                        f"plugin {_plugin!r} registered a {_kind[:-1]} with an invalid name {name!r}"
+                    )
                 registry = registries[_kind]
                 if name in registry:
                     other = registry[name]
@@ -215,9 +228,15 @@ def plugin_info(include_builtins: bool = False) -> list[dict[str, Any]]:
         dist, version = _plugin_dists.get(name, (name, "unknown"))
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         registered = {
-            kind: sorted(e.name for e in registries[kind].values() if e.plugin == name)
-            for kind in KINDS
+            kind: sorted(e.name for e in registries[kind].values() if e.plugin == name) for kind in KINDS
         }
-        out.append({"name": name, "distribution": dist, "version": version, "hooks": hooks,
-                    "registered": {k: v for k, v in registered.items() if v}})
+        out.append(
+            {
+                "name": name,
+                "distribution": dist,
+                "version": version,
+                "hooks": hooks,
+                "registered": {k: v for k, v in registered.items() if v},
+            }
+        )
     return out

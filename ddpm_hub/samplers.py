@@ -28,7 +28,10 @@ DIFFUSERS_SCHEDULES = {"linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"
 def _diffusers_config(config: dict[str, Any], betas: torch.Tensor) -> dict[str, Any]:
     """A config any diffusers scheduler accepts; schedules diffusers does not know travel as trained_betas."""
     config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-    if config.get("trained_betas") is None and config.get("beta_schedule", "linear") not in DIFFUSERS_SCHEDULES:
+    if (
+        config.get("trained_betas") is None
+        and config.get("beta_schedule", "linear") not in DIFFUSERS_SCHEDULES
+    ):
         config["trained_betas"] = betas.tolist()
     return config
 
@@ -47,7 +50,10 @@ def ddpm(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:
 def ddim(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:
     """DDIM (Song et al. 2021), deterministic (eta=0), x_0 clipped to [-1, 1]."""
     return DDIMScheduler.from_config(
-        _diffusers_config(config, betas), clip_sample=True, clip_sample_range=1.0, set_alpha_to_one=True,
+        _diffusers_config(config, betas),
+        clip_sample=True,
+        clip_sample_range=1.0,
+        set_alpha_to_one=True,
         timestep_spacing="trailing",
     )
 
@@ -55,9 +61,15 @@ def ddim(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:
 def dpm_solver_pp(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:
     """DPM-Solver++ (Lu et al. 2022), 2nd order multistep, x_0 thresholded to [-1, 1]."""
     return DPMSolverMultistepScheduler.from_config(
-        _diffusers_config(config, betas), algorithm_type="dpmsolver++", solver_order=2, thresholding=True,
-        sample_max_value=1.0, dynamic_thresholding_ratio=0.995, timestep_spacing="trailing",
-        final_sigmas_type="zero", lower_order_final=True,
+        _diffusers_config(config, betas),
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        thresholding=True,
+        sample_max_value=1.0,
+        dynamic_thresholding_ratio=0.995,
+        timestep_spacing="trailing",
+        final_sigmas_type="zero",
+        lower_order_final=True,
     )
 
 

@@ -81,14 +81,18 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
         if not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
             raise ValueError(f"num_train_timesteps must be an integer >= 1, got {num_train_timesteps!r}")
         if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type {prediction_type!r} is not supported; use one of {PREDICTION_TYPES}")
+            raise ValueError(
+                f"prediction_type {prediction_type!r} is not supported; use one of {PREDICTION_TYPES}"
+            )
         if variance_type != "fixed_small":
             raise ValueError(
                 f"variance_type {variance_type!r} is not supported; DDPMHubScheduler samples with the posterior "
                 "variance, variance_type='fixed_small'"
             )
         if timestep_spacing not in TIMESTEP_SPACINGS:
-            raise ValueError(f"timestep_spacing {timestep_spacing!r} is not supported; use one of {TIMESTEP_SPACINGS}")
+            raise ValueError(
+                f"timestep_spacing {timestep_spacing!r} is not supported; use one of {TIMESTEP_SPACINGS}"
+            )
 
         if trained_betas is not None:
             betas = check_betas(torch.tensor(trained_betas, dtype=torch.float64), "trained_betas")
@@ -166,7 +170,9 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
         if timesteps is not None:
             ts = [int(t) for t in timesteps]
             if any(b >= a for a, b in zip(ts, ts[1:], strict=False)) or not ts or ts[0] >= T or ts[-1] < 0:
-                raise ValueError(f"timesteps must be strictly descending integers in [0, {T - 1}], got {ts[:5]}...")
+                raise ValueError(
+                    f"timesteps must be strictly descending integers in [0, {T - 1}], got {ts[:5]}..."
+                )
             self.timesteps = torch.tensor(ts, dtype=torch.long, device=device)
             self.num_inference_steps = len(ts)
             return
@@ -225,12 +231,16 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
         """
         timesteps = torch.as_tensor(timesteps, device=original_samples.device).long()
         self._check_timesteps(timesteps)
-        sqrt_alpha_bar, sqrt_one_minus_alpha_bar = self._tables(original_samples.device, original_samples.dtype)
+        sqrt_alpha_bar, sqrt_one_minus_alpha_bar = self._tables(
+            original_samples.device, original_samples.dtype
+        )
         a = self._per_sample(sqrt_alpha_bar[timesteps].reshape(-1), original_samples)
         s = self._per_sample(sqrt_one_minus_alpha_bar[timesteps].reshape(-1), original_samples)
         return a * original_samples + s * noise
 
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def get_velocity(
+        self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
         """The v-prediction target ``v = sqrt_alpha_bar * noise - sqrt_one_minus_alpha_bar * x_0``."""
         timesteps = torch.as_tensor(timesteps, device=sample.device).long()
         self._check_timesteps(timesteps)
@@ -257,7 +267,9 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
         t = int(timestep)
         T = self.config.num_train_timesteps
         if not 0 <= t < T:
-            raise ValueError(f"timestep {t} is out of range: must be in [0, {T - 1}] (num_train_timesteps={T})")
+            raise ValueError(
+                f"timestep {t} is out of range: must be in [0, {T - 1}] (num_train_timesteps={T})"
+            )
         prev_t = self.previous_timestep(t)
 
         alpha_bar_t = self.alphas_cumprod[t]
@@ -291,8 +303,9 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
             sample - (beta_t / (1.0 - alpha_bar_t).sqrt()).to(dtype) * eps
         )
         if t > 0:
-            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
-                                 dtype=model_output.dtype)
+            noise = randn_tensor(
+                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+            )
             prev_sample = prev_sample + variance.sqrt().to(dtype) * noise
 
         if not return_dict:

@@ -43,7 +43,9 @@ def check_betas(betas: torch.Tensor, name: str) -> torch.Tensor:
     """Validate what a schedule returned: 1-D, finite, every beta strictly inside (0, 1)."""
     betas = torch.as_tensor(betas, dtype=torch.float64)
     if betas.ndim != 1 or betas.numel() < 1:
-        raise ValueError(f"schedule {name!r} returned betas of shape {tuple(betas.shape)}; expected (T,) with T >= 1")
+        raise ValueError(
+            f"schedule {name!r} returned betas of shape {tuple(betas.shape)}; expected (T,) with T >= 1"
+        )
     if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas >= 1).any():
         bad = betas[~((betas > 0) & (betas < 1))]
         raise ValueError(

@@ -28,5 +28,13 @@ torch.set_num_threads(1)
 @pytest.fixture
 def tiny_unet_kwargs():
     """A UNet small enough to run hundreds of steps in a test (28 px, 1 channel)."""
-    return dict(sample_size=28, in_channels=1, base_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-                attention_resolutions=(14,), dropout=0.0, norm_num_groups=8)
+    return dict(
+        sample_size=28,
+        in_channels=1,
+        base_channels=32,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(14,),
+        dropout=0.0,
+        norm_num_groups=8,
+    )

@@ -20,9 +20,15 @@ def seed_tables(betas: torch.Tensor) -> dict[str, torch.Tensor]:
     alpha_bar_t_minus_1 = F.pad(alpha_bar[:-1], (1, 0), value=1.0)
     posterior_variance = beta * (1.0 - alpha_bar_t_minus_1) / (1.0 - alpha_bar)
     sqrt_one_over_alpha = torch.sqrt(1.0 / alpha)
-    return dict(beta=beta, alpha=alpha, alpha_bar=alpha_bar, sqrt_alpha_bar=sqrt_alpha_bar,
-                sqrt_one_minus_alpha_bar=sqrt_one_minus_alpha_bar, posterior_variance=posterior_variance,
-                sqrt_one_over_alpha=sqrt_one_over_alpha)
+    return dict(
+        beta=beta,
+        alpha=alpha,
+        alpha_bar=alpha_bar,
+        sqrt_alpha_bar=sqrt_alpha_bar,
+        sqrt_one_minus_alpha_bar=sqrt_one_minus_alpha_bar,
+        posterior_variance=posterior_variance,
+        sqrt_one_over_alpha=sqrt_one_over_alpha,
+    )
 
 
 def fake_model(x: torch.Tensor, t) -> torch.Tensor:
@@ -32,8 +38,14 @@ def fake_model(x: torch.Tensor, t) -> torch.Tensor:
 
 
 def diffusers_reference(s: DDPMHubScheduler) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=T, beta_start=s.config.beta_start, beta_end=s.config.beta_end,
-                         beta_schedule="linear", variance_type="fixed_small", clip_sample=False)
+    return DDPMScheduler(
+        num_train_timesteps=T,
+        beta_start=s.config.beta_start,
+        beta_end=s.config.beta_end,
+        beta_schedule="linear",
+        variance_type="fixed_small",
+        clip_sample=False,
+    )
 
 
 def test_default_schedule_is_t_scaled_linear_and_reaches_noise():
@@ -59,11 +71,15 @@ def test_unscaled_range_gives_the_seeds_literal_betas():
 def test_tables_match_the_seed_in_float64():
     s = DDPMHubScheduler()
     ref = seed_tables(torch.linspace(s.config.beta_start, s.config.beta_end, T, dtype=torch.float64))
-    for ours, name in [(s.beta, "beta"), (s.alpha, "alpha"), (s.alpha_bar, "alpha_bar"),
-                       (s.sqrt_alphas_cumprod, "sqrt_alpha_bar"),
-                       (s.sqrt_one_minus_alphas_cumprod, "sqrt_one_minus_alpha_bar"),
-                       (s.posterior_variance, "posterior_variance"),
-                       (s.sqrt_one_over_alpha, "sqrt_one_over_alpha")]:
+    for ours, name in [
+        (s.beta, "beta"),
+        (s.alpha, "alpha"),
+        (s.alpha_bar, "alpha_bar"),
+        (s.sqrt_alphas_cumprod, "sqrt_alpha_bar"),
+        (s.sqrt_one_minus_alphas_cumprod, "sqrt_one_minus_alpha_bar"),
+        (s.posterior_variance, "posterior_variance"),
+        (s.sqrt_one_over_alpha, "sqrt_one_over_alpha"),
+    ]:
         torch.testing.assert_close(ours, ref[name], rtol=0, atol=1e-10, msg=name)
 
 
@@ -75,8 +91,10 @@ def test_add_noise_matches_the_seed_in_float64():
     noise = torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64)
     t = torch.tensor([0, 100, 300, 511])
     bs = x0.shape[0]
-    expected = (ref["sqrt_alpha_bar"][t].view(bs, 1, 1, 1) * x0
-                + ref["sqrt_one_minus_alpha_bar"][t].view(bs, 1, 1, 1) * noise)
+    expected = (
+        ref["sqrt_alpha_bar"][t].view(bs, 1, 1, 1) * x0
+        + ref["sqrt_one_minus_alpha_bar"][t].view(bs, 1, 1, 1) * noise
+    )
     torch.testing.assert_close(s.add_noise(x0, noise, t), expected, rtol=0, atol=1e-10)
 
 
@@ -92,9 +110,16 @@ def test_whole_reverse_chain_matches_the_seed_in_float64():
         t = torch.full((bs,), ts).long()
         eps = fake_model(x, ts)
         noise = torch.randn(shape, generator=g, dtype=torch.float64) if ts > 0 else 0
-        x = (ref["sqrt_one_over_alpha"][t].view(bs, 1, 1, 1)
-             * (x - ref["beta"][t].view(bs, 1, 1, 1) / ref["sqrt_one_minus_alpha_bar"][t].view(bs, 1, 1, 1) * eps)
-             + torch.sqrt(ref["posterior_variance"][t].view(bs, 1, 1, 1)) * noise)
+        x = (
+            ref["sqrt_one_over_alpha"][t].view(bs, 1, 1, 1)
+            * (
+                x
+                - ref["beta"][t].view(bs, 1, 1, 1)
+                / ref["sqrt_one_minus_alpha_bar"][t].view(bs, 1, 1, 1)
+                * eps
+            )
+            + torch.sqrt(ref["posterior_variance"][t].view(bs, 1, 1, 1)) * noise
+        )
     seed_image = torch.clamp(x, -1, 1)
 
     g = torch.Generator().manual_seed(1)
@@ -136,9 +161,11 @@ def test_one_step_matches_diffusers_and_the_seed(t):
     ours = s.step(eps, t, x, generator=torch.Generator().manual_seed(7))
     theirs = d.step(eps, t, x, generator=torch.Generator().manual_seed(7))
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7)).double() if t > 0 else 0
-    seed = (ref["sqrt_one_over_alpha"][t] * (x.double() - ref["beta"][t] / ref["sqrt_one_minus_alpha_bar"][t]
-                                             * eps.double())
-            + ref["posterior_variance"][t].sqrt() * noise)
+    seed = (
+        ref["sqrt_one_over_alpha"][t]
+        * (x.double() - ref["beta"][t] / ref["sqrt_one_minus_alpha_bar"][t] * eps.double())
+        + ref["posterior_variance"][t].sqrt() * noise
+    )
     torch.testing.assert_close(ours.prev_sample.double(), seed, rtol=0, atol=1e-6)
     diffusers_tolerance = 1e-4 if 0 < t < 10 else 1e-6
     torch.testing.assert_close(ours.prev_sample, theirs.prev_sample, rtol=0, atol=diffusers_tolerance)
@@ -251,5 +278,7 @@ def test_out_of_range_timesteps_are_a_clear_error():
         s.add_noise(x, x, torch.tensor([3, 512]))
     with pytest.raises(ValueError, match=r"timestep -1 is out of range: must be in \[0, 511\]"):
         s.step(x, -1, x)
-    with pytest.raises(ValueError, match=r"num_inference_steps must be an integer between 1 and .*512, got 600"):
+    with pytest.raises(
+        ValueError, match=r"num_inference_steps must be an integer between 1 and .*512, got 600"
+    ):
         s.set_timesteps(600)

@@ -13,8 +13,14 @@ BUILTIN = Path(__file__).parents[1] / "ddpm_hub" / "datasets" / "mnist5k.parquet
 
 
 def small(**kwargs):
-    base = dict(base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(),
-                dropout=0.0, norm_num_groups=8)
+    base = dict(
+        base_channels=16,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(),
+        dropout=0.0,
+        norm_num_groups=8,
+    )
     return UNet(**{**base, **kwargs})
 
 
@@ -42,8 +48,15 @@ def test_scalar_and_batched_timesteps_agree():
 
 
 def test_paper_cifar10_configuration_has_35_7m_parameters():
-    unet = UNet(sample_size=32, in_channels=3, base_channels=128, channel_mult=(1, 2, 2, 2),
-                num_res_blocks=2, attention_resolutions=(16,), dropout=0.1)
+    unet = UNet(
+        sample_size=32,
+        in_channels=3,
+        base_channels=128,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(16,),
+        dropout=0.1,
+    )
     assert sum(p.numel() for p in unet.parameters()) == pytest.approx(35.7e6, rel=0.005)
 
 
@@ -54,7 +67,9 @@ def test_multi_head_attention_runs():
 
 def test_wrong_channel_count_is_a_clear_error():
     unet = small(sample_size=28, in_channels=1)
-    with pytest.raises(ValueError, match=r"expects samples of shape \(batch, 1, H, W\).*got \(2, 3, 28, 28\)"):
+    with pytest.raises(
+        ValueError, match=r"expects samples of shape \(batch, 1, H, W\).*got \(2, 3, 28, 28\)"
+    ):
         unet(torch.randn(2, 3, 28, 28), 0)
 
 
@@ -96,8 +111,16 @@ def test_small_unet_overfits_one_batch():
     Proof that the forward process (add_noise) and the model learn together."""
     torch.manual_seed(0)
     images = datasets.load_dataset("parquet", data_files=str(BUILTIN), split="train").select(range(4))
-    batch = torch.stack([torch.tensor(list(im.getdata()), dtype=torch.float32).reshape(1, 28, 28)
-                         for im in images["image"]]) / 127.5 - 1
+    batch = (
+        torch.stack(
+            [
+                torch.tensor(list(im.getdata()), dtype=torch.float32).reshape(1, 28, 28)
+                for im in images["image"]
+            ]
+        )
+        / 127.5
+        - 1
+    )
     scheduler = DDPMHubScheduler()
     model = small(sample_size=28, in_channels=1, attention_resolutions=(7,))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -34,8 +34,11 @@ class UNetOutput(BaseOutput):
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (B,) timesteps -> (B, dim), as in the Transformer and DDPM papers."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=timesteps.device, dtype=torch.float32)
-                      / max(half - 1, 1))
+    freqs = torch.exp(
+        -math.log(max_period)
+        * torch.arange(half, device=timesteps.device, dtype=torch.float32)
+        / max(half - 1, 1)
+    )
     args = timesteps.float()[:, None] * freqs[None]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     if dim % 2:
@@ -72,7 +75,9 @@ class AttnBlock(nn.Module):
         super().__init__()
         self.heads = 1 if head_dim is None else max(ch // head_dim, 1)
         if ch % self.heads:
-            raise ValueError(f"attention_head_dim={head_dim} does not divide the {ch} channels of an attention block")
+            raise ValueError(
+                f"attention_head_dim={head_dim} does not divide the {ch} channels of an attention block"
+            )
         self.norm = nn.GroupNorm(groups, ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = nn.Conv2d(ch, ch, 1)
@@ -142,12 +147,18 @@ class UNet(ModelMixin, ConfigMixin):
         out_channels = in_channels if out_channels is None else out_channels
         if out_channels != self.config.out_channels:
             self.register_to_config(out_channels=out_channels)
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
-                            ("base_channels", base_channels), ("num_res_blocks", num_res_blocks)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("out_channels", out_channels),
+            ("base_channels", base_channels),
+            ("num_res_blocks", num_res_blocks),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"UNet {name} must be a positive integer, got {value!r}")
         if not channel_mult or any(int(m) < 1 for m in channel_mult):
-            raise ValueError(f"UNet channel_mult must be a non-empty list of positive integers, got {channel_mult!r}")
+            raise ValueError(
+                f"UNet channel_mult must be a non-empty list of positive integers, got {channel_mult!r}"
+            )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"UNet dropout must be in [0, 1), got {dropout!r}")
         self.downscale = 2 ** (len(channel_mult) - 1)
@@ -180,7 +191,9 @@ class UNet(ModelMixin, ConfigMixin):
         ch, res = base_channels, sample_size
         for level, width in enumerate(widths):
             for _ in range(num_res_blocks):
-                attn = AttnBlock(width, g, attention_head_dim) if res in attention_resolutions else nn.Identity()
+                attn = (
+                    AttnBlock(width, g, attention_head_dim) if res in attention_resolutions else nn.Identity()
+                )
                 self.down.append(nn.ModuleList([ResBlock(ch, width, temb_ch, dropout, g), attn]))
                 ch = width
                 skip_chs.append(ch)
@@ -197,8 +210,12 @@ class UNet(ModelMixin, ConfigMixin):
         for level in reversed(range(len(widths))):
             width = widths[level]
             for _ in range(num_res_blocks + 1):
-                attn = AttnBlock(width, g, attention_head_dim) if res in attention_resolutions else nn.Identity()
-                self.up.append(nn.ModuleList([ResBlock(ch + skip_chs.pop(), width, temb_ch, dropout, g), attn]))
+                attn = (
+                    AttnBlock(width, g, attention_head_dim) if res in attention_resolutions else nn.Identity()
+                )
+                self.up.append(
+                    nn.ModuleList([ResBlock(ch + skip_chs.pop(), width, temb_ch, dropout, g), attn])
+                )
                 ch = width
             if level != 0:
                 self.up.append(Upsample(ch))
