@@ -24,7 +24,7 @@ import yaml
 
 #: the model of the built-in default (configs/mnist.yaml): 28 px digits, attention at 7x7
 MNIST_MODEL = {
-    "base_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 2, "attention_resolutions": [7],
+    "base_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_resolutions": [7],
     "dropout": 0.0, "norm_num_groups": 8,
 }
 
@@ -44,8 +44,8 @@ class DataConfig:
     split: str = "train"
     #: the image column; default: the only Image column, else ``image`` or ``img``
     image_column: str | None = None
-    #: square training size; default: the size of the first image (after center crop)
-    image_size: int | None = None
+    #: square training size; null: the size of the first image (after center crop)
+    image_size: int | None = 28
     #: 1 (grayscale), 3 (RGB) or null (auto: 3 if any of the first images has color)
     channels: int | None = None
     #: resize the short side to image_size then center crop; false: resize to a square (aspect not kept)
@@ -73,18 +73,21 @@ class EMAConfig:
     """
 
     enabled: bool = True
-    max_decay: float = 0.9999
+    max_decay: float = 0.999
     min_decay: float = 0.0
     inv_gamma: float = 1.0
-    power: float = 2 / 3
+    power: float = 0.75
     #: start averaging after this many optimizer steps (before: the EMA copies the weights)
     update_after_step: int = 0
 
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs. ``batch_size`` is per process; the global batch is
-    ``batch_size * num_processes * gradient_accumulation_steps``."""
+    """Everything a training run needs; the defaults are the built-in default run, configs/mnist.yaml.
+
+    ``batch_size`` is per process; the global batch is ``batch_size * num_processes *
+    gradient_accumulation_steps``.
+    """
 
     output_dir: str = "runs/mnist"
     #: continue the run in output_dir from its latest checkpoint
@@ -99,19 +102,21 @@ class TrainConfig:
     #: the backbone's constructor kwargs; sample_size and in_channels default to the data's
     model: dict[str, Any] = field(default_factory=lambda: dict(MNIST_MODEL))
     #: DDPMHubScheduler kwargs (num_train_timesteps, beta_schedule, beta_start, beta_end, prediction_type, ...)
-    scheduler: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(
+        default_factory=lambda: {"num_train_timesteps": 512, "beta_schedule": "linear"}
+    )
 
-    max_steps: int = 1000
+    max_steps: int = 1200
     batch_size: int = 64
     gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-3
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     #: decoupled weight decay (AdamW); 0 is the seed's plain Adam
     weight_decay: float = 0.0
     lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"
-    lr_warmup_steps: int = 0
+    lr_warmup_steps: int = 100
     #: clip the global gradient norm to this; null: no clipping
     max_grad_norm: float | None = 1.0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
@@ -123,7 +128,7 @@ class TrainConfig:
     logging_steps: int = 10
     log_with: Literal["tensorboard", "none"] = "tensorboard"
     #: write samples/step-N.png (and to TensorBoard) every N steps; 0: never
-    sample_steps: int = 500
+    sample_steps: int = 300
     num_sample_images: int = 16
     #: the sampler and steps of the grids made during training (null steps: the sampler's default)
     sample_sampler: str = "ddim"
@@ -132,7 +137,7 @@ class TrainConfig:
     final_sampler: str = "ddpm"
     final_inference_steps: int | None = None
     #: accelerator.save_state into checkpoints/checkpoint-N every N steps; 0: only at the end
-    checkpointing_steps: int = 500
+    checkpointing_steps: int = 300
     #: keep at most this many checkpoints (the oldest are deleted); null: keep all
     checkpoints_total_limit: int | None = 2
 
@@ -386,7 +391,7 @@ def describe() -> str:
                 walk(value, prefix + f.name + ".")
             else:
                 tp = _type_name(_hints(type(obj))[f.name])
-                lines.append(f"  --{prefix}{f.name:<28} {tp} (default: {value!r})")
+                lines.append(f"  --{prefix + f.name:<34} {tp} (default: {value!r})")
 
     walk(TrainConfig(), "")
     return "\n".join(lines)

@@ -377,7 +377,9 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
     model = build_model(config, data.channels, data.image_size)
     num_parameters = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(config, model.parameters())
-    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
+    # diffusers' "constant" ignores warmup; "constant_with_warmup" is the same schedule with it
+    schedule_name = "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler
+    lr_scheduler = get_scheduler(schedule_name, optimizer, num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=config.max_steps)
     ema = None
     if config.ema.enabled:
