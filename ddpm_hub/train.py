@@ -250,7 +250,8 @@ def ema_weights(model: torch.nn.Module, ema) -> torch.nn.Module:
     Built from the config rather than deep-copied: under mixed precision Accelerate wraps ``model.forward``,
     and a deep copy would keep calling the training model.
     """
-    net = type(model).from_config(model.config)
+    with torch.random.fork_rng(devices=[]):  # building a model draws init weights: keep the training RNG intact
+        net = type(model).from_config(model.config)
     net.load_state_dict(model.state_dict())
     if ema is not None:
         ema.copy_to(net.parameters())
