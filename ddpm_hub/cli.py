@@ -44,7 +44,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", add_help=False,
+        "train",
+        add_help=False,
         help="train a DDPM (default: the built-in MNIST-5k config); --help lists every config key",
         description="Train in this process; the options are those of `python -m ddpm_hub.train`.",
     )

@@ -24,8 +24,12 @@ import yaml
 
 #: the model of the built-in default (configs/mnist.yaml): 28 px digits, attention at 7x7
 MNIST_MODEL = {
-    "base_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_resolutions": [7],
-    "dropout": 0.0, "norm_num_groups": 8,
+    "base_channels": 32,
+    "channel_mult": [1, 2, 2],
+    "num_res_blocks": 1,
+    "attention_resolutions": [7],
+    "dropout": 0.0,
+    "norm_num_groups": 8,
 }
 
 
@@ -144,9 +148,11 @@ class TrainConfig:
     def validate(self) -> None:
         """Check values whose type alone does not make them valid."""
         positive = {
-            "max_steps": self.max_steps, "batch_size": self.batch_size,
+            "max_steps": self.max_steps,
+            "batch_size": self.batch_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
-            "logging_steps": self.logging_steps, "num_sample_images": self.num_sample_images,
+            "logging_steps": self.logging_steps,
+            "num_sample_images": self.num_sample_images,
         }
         for key, value in positive.items():
             if value < 1:
@@ -161,7 +167,9 @@ class TrainConfig:
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ConfigError(f"max_grad_norm must be positive or null (no clipping), got {self.max_grad_norm}")
+            raise ConfigError(
+                f"max_grad_norm must be positive or null (no clipping), got {self.max_grad_norm}"
+            )
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ConfigError(f"snr_gamma must be positive or null (plain MSE), got {self.snr_gamma}")
         if not 0 <= self.ema.max_decay < 1 or not 0 <= self.ema.min_decay <= self.ema.max_decay:
@@ -170,19 +178,25 @@ class TrainConfig:
                 f"{self.ema.max_decay} and {self.ema.min_decay}"
             )
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
-            raise ConfigError(f"checkpoints_total_limit must be at least 1 or null, got {self.checkpoints_total_limit}")
+            raise ConfigError(
+                f"checkpoints_total_limit must be at least 1 or null, got {self.checkpoints_total_limit}"
+            )
         d = self.data
         if d.channels not in (None, 1, 3):
             raise ConfigError(f"data.channels must be 1, 3 or null (auto), got {d.channels}")
         if d.image_size is not None and d.image_size < 1:
-            raise ConfigError(f"data.image_size must be positive or null (the images' own size), got {d.image_size}")
+            raise ConfigError(
+                f"data.image_size must be positive or null (the images' own size), got {d.image_size}"
+            )
         if not 0 <= d.alpha_background <= 255:
             raise ConfigError(f"data.alpha_background must be in 0..255, got {d.alpha_background}")
         if d.max_samples is not None and d.max_samples < 1:
             raise ConfigError(f"data.max_samples must be positive or null, got {d.max_samples}")
         for key in ("model", "scheduler"):
             if not isinstance(getattr(self, key), dict):
-                raise ConfigError(f"{key} must be a mapping of constructor arguments, got {getattr(self, key)!r}")
+                raise ConfigError(
+                    f"{key} must be a mapping of constructor arguments, got {getattr(self, key)!r}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -294,7 +308,9 @@ def _set(config: Any, dotted: str, value: Any, full_key: str | None = None) -> N
             _set(current, rest, value, full_key)
             return
         if not isinstance(value, dict):
-            raise ConfigError(f"bad value for {full_key}: {value!r}; allowed: a mapping of {_allowed_keys(type(current))}")
+            raise ConfigError(
+                f"bad value for {full_key}: {value!r}; allowed: a mapping of {_allowed_keys(type(current))}"
+            )
         for k, v in value.items():
             _set(current, str(k), v, f"{full_key}.{k}")
         return

@@ -72,7 +72,9 @@ def load_dataset(config: DataConfig):
             raise DataError(f"no parquet files match {name!r}")
         return datasets.load_dataset("parquet", data_files=files, split="train")
     if path.is_file():
-        raise DataError(f"{path} is a file but not a parquet file; give a folder of images, parquet file(s) or a Hub name")
+        raise DataError(
+            f"{path} is a file but not a parquet file; give a folder of images, parquet file(s) or a Hub name"
+        )
     try:
         return datasets.load_dataset(name, config.dataset_config, split=config.split)
     except Exception as exc:
@@ -108,7 +110,9 @@ def find_image_column(dataset, column: str | None) -> str:
             return name
     if not image_columns:
         raise DataError(f"the dataset has no image column; its columns are {list(features)} ({features})")
-    raise DataError(f"the dataset has several image columns {image_columns}; choose one with data.image_column")
+    raise DataError(
+        f"the dataset has several image columns {image_columns}; choose one with data.image_column"
+    )
 
 
 def to_mode(image: Image.Image, channels: int, background: int = 255) -> Image.Image:
@@ -191,8 +195,13 @@ class ImageData:
         """Image ``index`` as a (C, H, W) uint8 tensor (on-the-fly path)."""
         row = self.dataset[index][self.column]
         image = _open(row)
-        return _to_tensor(resize(to_mode(image, self.channels, self.config.alpha_background),
-                                 self.image_size, self.config.center_crop))
+        return _to_tensor(
+            resize(
+                to_mode(image, self.channels, self.config.alpha_background),
+                self.image_size,
+                self.config.center_crop,
+            )
+        )
 
     def batches(self, sampler: ShardedBatchSampler, num_workers: int = 0) -> Iterator[torch.Tensor]:
         """(B, C, H, W) uint8 batches in the order ``sampler`` gives (which knows the data position)."""
@@ -201,8 +210,11 @@ class ImageData:
                 yield self.images[torch.as_tensor(indices)]
             return
         loader = torch.utils.data.DataLoader(
-            _LazyImages(self), batch_sampler=sampler, num_workers=num_workers,
-            persistent_workers=False, pin_memory=torch.cuda.is_available(),
+            _LazyImages(self),
+            batch_sampler=sampler,
+            num_workers=num_workers,
+            persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
         )
         yield from loader
 
@@ -286,8 +298,15 @@ def load_images(config: DataConfig, dataset=None) -> ImageData:
     else:
         size = 0  # all probed images corrupt: the pass below reports them
 
-    data = ImageData(source=source, channels=channels, image_size=size, num_images=len(dataset),
-                     dataset=dataset, column=column, config=config)
+    data = ImageData(
+        source=source,
+        channels=channels,
+        image_size=size,
+        num_images=len(dataset),
+        dataset=dataset,
+        column=column,
+        config=config,
+    )
     bytes_needed = len(dataset) * channels * size * size
     if bytes_needed <= config.predecode_max_mb * 2**20:
         _predecode(data)
@@ -304,7 +323,9 @@ def _palette_is_gray(image: Image.Image | None) -> bool:
 def _predecode(data: ImageData) -> None:
     """Decode every image once into data.images (N, C, H, W) uint8, skipping or reporting corrupt ones."""
     config, dataset, column = data.config, data.dataset, data.column
-    images = torch.empty((data.num_images, data.channels, data.image_size, data.image_size), dtype=torch.uint8)
+    images = torch.empty(
+        (data.num_images, data.channels, data.image_size, data.image_size), dtype=torch.uint8
+    )
     keep = 0
     color_in_gray = 0
     rows = (row for chunk in dataset.iter(batch_size=1000) for row in chunk[column])
@@ -313,8 +334,9 @@ def _predecode(data: ImageData) -> None:
             image = _open(row)
             if data.channels == 1 and image.mode not in GRAY_MODES and image.mode != "P":
                 color_in_gray += 1
-            image = resize(to_mode(image, data.channels, config.alpha_background), data.image_size,
-                           config.center_crop)
+            image = resize(
+                to_mode(image, data.channels, config.alpha_background), data.image_size, config.center_crop
+            )
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
             where = _describe(row, i, data.source)
             if config.on_corrupt == "error":
@@ -329,7 +351,9 @@ def _predecode(data: ImageData) -> None:
     if color_in_gray:
         logger.warning(
             "%d color images were converted to grayscale: the first %d images of %s are grayscale, so the "
-            "dataset is trained as 1 channel; set data.channels=3 to keep color", color_in_gray, CHANNEL_PROBE,
+            "dataset is trained as 1 channel; set data.channels=3 to keep color",
+            color_in_gray,
+            CHANNEL_PROBE,
             data.source,
         )
     data.images = images[:keep].clone() if keep < data.num_images else images
@@ -345,8 +369,15 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
     run); iteration never ends (the loop stops at max_steps).
     """
 
-    def __init__(self, num_images: int, batch_size: int, rank: int = 0, num_processes: int = 1, seed: int = 0,
-                 start: int = 0):
+    def __init__(
+        self,
+        num_images: int,
+        batch_size: int,
+        rank: int = 0,
+        num_processes: int = 1,
+        seed: int = 0,
+        start: int = 0,
+    ):
         global_batch = batch_size * num_processes
         if num_images < global_batch:
             raise DataError(

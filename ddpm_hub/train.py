@@ -71,7 +71,9 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))]
+    found = [
+        (int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))
+    ]
     return sorted(found)
 
 
@@ -163,7 +165,9 @@ def _check_kwargs(what: str, cls: type, kwargs: dict[str, Any]) -> None:
     allowed = [n for n in params if n != "self"]
     unknown = [k for k in kwargs if k not in allowed]
     if unknown:
-        raise ConfigError(f"unknown {what} key(s) {unknown} for {cls.__name__}; allowed: {', '.join(allowed)}")
+        raise ConfigError(
+            f"unknown {what} key(s) {unknown} for {cls.__name__}; allowed: {', '.join(allowed)}"
+        )
 
 
 def build_model(config: TrainConfig, channels: int, image_size: int) -> torch.nn.Module:
@@ -182,18 +186,30 @@ def build_model(config: TrainConfig, channels: int, image_size: int) -> torch.nn
             kwargs[key] = value
     for key, value in (("sample_size", image_size), ("in_channels", channels)):
         given = kwargs.get(key)
-        if given is not None and given != value and not (isinstance(given, (list, tuple)) and set(given) == {value}):
+        if (
+            given is not None
+            and given != value
+            and not (isinstance(given, (list, tuple)) and set(given) == {value})
+        ):
             raise ConfigError(
                 f"model.{key}={given} does not match the data ({channels} channel(s), {image_size}x{image_size} px); "
                 f"drop model.{key} to take it from the data, or change data.image_size / data.channels"
             )
-    for key in ("channel_mult", "attention_resolutions", "block_out_channels", "down_block_types", "up_block_types"):
+    for key in (
+        "channel_mult",
+        "attention_resolutions",
+        "block_out_channels",
+        "down_block_types",
+        "up_block_types",
+    ):
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"cannot build backbone {config.backbone!r} from model={config.model}: {exc}") from exc
+        raise ConfigError(
+            f"cannot build backbone {config.backbone!r} from model={config.model}: {exc}"
+        ) from exc
 
 
 def build_scheduler(config: TrainConfig):
@@ -208,8 +224,12 @@ def build_scheduler(config: TrainConfig):
 
 def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     """AdamW (with weight_decay=0, the seed's Adam); fused where this torch has it, else foreach."""
-    kwargs = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
-                  weight_decay=config.weight_decay)
+    kwargs = dict(
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon,
+        weight_decay=config.weight_decay,
+    )
     params = list(params)
     try:
         return torch.optim.AdamW(params, fused=True, **kwargs)
@@ -217,7 +237,9 @@ def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, foreach=True, **kwargs)
 
 
-def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+def min_snr_weights(
+    alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, prediction_type: str
+) -> torch.Tensor:
     """Per-sample loss weights of Min-SNR-gamma (Hang et al. 2023): min(SNR, gamma) over the target's SNR."""
     alpha_bar = alphas_cumprod[t]
     snr = alpha_bar / (1 - alpha_bar)
@@ -250,7 +272,9 @@ def ema_weights(model: torch.nn.Module, ema) -> torch.nn.Module:
     Built from the config rather than deep-copied: under mixed precision Accelerate wraps ``model.forward``,
     and a deep copy would keep calling the training model.
     """
-    with torch.random.fork_rng(devices=[]):  # building a model draws init weights: keep the training RNG intact
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # building a model draws init weights: keep the training RNG intact
         net = type(model).from_config(model.config)
     net.load_state_dict(model.state_dict())
     if ema is not None:
@@ -289,8 +313,10 @@ def plot_loss(history: list[tuple[int, float]], path: Path, title: str) -> None:
         ax.plot(steps, losses, lw=1, label="loss")
         if len(losses) >= 10:
             k = max(len(losses) // 20, 2)
-            smooth = [sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1])
-                      for i in range(len(losses))]
+            smooth = [
+                sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1])
+                for i in range(len(losses))
+            ]
             ax.plot(steps, smooth, lw=2, label=f"mean of {k}")
             ax.legend()
         if min(losses) > 0:
@@ -380,14 +406,22 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
     optimizer = build_optimizer(config, model.parameters())
     # diffusers' "constant" ignores warmup; "constant_with_warmup" is the same schedule with it
     schedule_name = "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler
-    lr_scheduler = get_scheduler(schedule_name, optimizer, num_warmup_steps=config.lr_warmup_steps,
-                                 num_training_steps=config.max_steps)
+    lr_scheduler = get_scheduler(
+        schedule_name, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_steps
+    )
     ema = None
     if config.ema.enabled:
         ema = EMAModel(
-            model.parameters(), decay=config.ema.max_decay, min_decay=config.ema.min_decay,
-            update_after_step=config.ema.update_after_step, use_ema_warmup=True, inv_gamma=config.ema.inv_gamma,
-            power=config.ema.power, model_cls=type(model), model_config=model.config, foreach=True,
+            model.parameters(),
+            decay=config.ema.max_decay,
+            min_decay=config.ema.min_decay,
+            update_after_step=config.ema.update_after_step,
+            use_ema_warmup=True,
+            inv_gamma=config.ema.inv_gamma,
+            power=config.ema.power,
+            model_cls=type(model),
+            model_config=model.config,
+            foreach=True,
         )
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     if ema is not None:
@@ -407,8 +441,14 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
         set_seed(config.seed, device_specific=True)  # each process its own noise and timesteps
 
     global_batch = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
-    sampler = ShardedBatchSampler(data.num_images, config.batch_size, accelerator.process_index,
-                                  accelerator.num_processes, seed=config.seed, start=state.micro_step)
+    sampler = ShardedBatchSampler(
+        data.num_images,
+        config.batch_size,
+        accelerator.process_index,
+        accelerator.num_processes,
+        seed=config.seed,
+        start=state.micro_step,
+    )
     batches = data.batches(sampler, num_workers=config.data.num_workers)
 
     if main:
@@ -438,8 +478,13 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
         net = ema_weights(accelerator.unwrap_model(model), ema)
         pipe = DDPMHubPipeline(unet=net, scheduler=scheduler)
         pipe.set_progress_bar_config(disable=True)
-        return pipe(batch_size=config.num_sample_images, generator=torch.Generator("cpu").manual_seed(config.seed),
-                    sampler=sampler_name, num_inference_steps=steps, output_type="pt").images
+        return pipe(
+            batch_size=config.num_sample_images,
+            generator=torch.Generator("cpu").manual_seed(config.seed),
+            sampler=sampler_name,
+            num_inference_steps=steps,
+            output_type="pt",
+        ).images
 
     def write_grid(step: int) -> None:
         from .images import make_grid
@@ -466,7 +511,9 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
         loss_sum, loss_count, nonfinite = (torch.zeros((), device=device) for _ in range(3))
         if stats[2] > 0 or not math.isfinite(stats[0]):
             where = f"between steps {state.loss_history[-1][0] if state.loss_history else 0} and {step}"
-            keep = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
+            keep = (
+                f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
+            )
             raise NonFiniteLossError(
                 f"the loss became non-finite (NaN or inf) {where}; training stopped and the weights after it were "
                 f"not saved; {keep} (resume with --resume {last_good or 'latest'}). Usual fixes: a lower "
@@ -475,8 +522,14 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
             )
         return stats[0] / max(stats[1], 1.0), stats[1]
 
-    bar = tqdm(total=config.max_steps, initial=state.step, disable=not main, desc="train", unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=config.max_steps,
+        initial=state.step,
+        disable=not main,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+    )
     measured_global_batch = None
     model.train()
     # ------------------------------------------------------------- seed: "TRAINING (Forward Process)"
@@ -495,20 +548,26 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
             t = torch.randint(0, T, (bs,), device=device).long()
             noise = torch.randn_like(batch)
             x_noisy = (
-                sqrt_alpha_bar[t].view(bs, 1, 1, 1) * batch + sqrt_one_minus_alpha_bar[t].view(bs, 1, 1, 1) * noise
+                sqrt_alpha_bar[t].view(bs, 1, 1, 1) * batch
+                + sqrt_one_minus_alpha_bar[t].view(bs, 1, 1, 1) * noise
             )
             noise_pred = model(x_noisy, t).sample.float()
             if prediction_type == "epsilon":
                 target = noise
             elif prediction_type == "v_prediction":
-                target = sqrt_alpha_bar[t].view(bs, 1, 1, 1) * noise - sqrt_one_minus_alpha_bar[t].view(bs, 1, 1, 1) * batch
+                target = (
+                    sqrt_alpha_bar[t].view(bs, 1, 1, 1) * noise
+                    - sqrt_one_minus_alpha_bar[t].view(bs, 1, 1, 1) * batch
+                )
             else:
                 target = batch
             if config.snr_gamma is None:
                 loss = F.mse_loss(noise_pred, target)
             else:
                 per_sample = F.mse_loss(noise_pred, target, reduction="none").mean(dim=(1, 2, 3))
-                loss = (per_sample * min_snr_weights(alphas_cumprod, t, config.snr_gamma, prediction_type)).mean()
+                loss = (
+                    per_sample * min_snr_weights(alphas_cumprod, t, config.snr_gamma, prediction_type)
+                ).mean()
             accelerator.backward(loss)
             if accelerator.sync_gradients and config.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -541,8 +600,12 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
             last_log_time, last_log_images = now, state.images_seen
             lr = lr_scheduler.get_last_lr()[0]
             state.loss_history.append((step, mean_loss))
-            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:.0f}", lr=f"{lr:.2e}", refresh=False)
-            accelerator.log({"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": images_per_s}, step=step)
+            bar.set_postfix(
+                loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:.0f}", lr=f"{lr:.2e}", refresh=False
+            )
+            accelerator.log(
+                {"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": images_per_s}, step=step
+            )
         if config.sample_steps and step % config.sample_steps == 0 and not last:
             if main:
                 write_grid(step)
@@ -558,14 +621,38 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
     digest = weights_digest(unwrapped)
     digests = gather_object([digest]) if accelerator.num_processes > 1 else [digest]
     if main:
-        _finish(config, run_dir, accelerator, unwrapped, ema, scheduler, data, state, num_parameters, digests,
-                measured_global_batch or global_batch, sample_grid)
+        _finish(
+            config,
+            run_dir,
+            accelerator,
+            unwrapped,
+            ema,
+            scheduler,
+            data,
+            state,
+            num_parameters,
+            digests,
+            measured_global_batch or global_batch,
+            sample_grid,
+        )
     accelerator.wait_for_everyone()
     return run_dir
 
 
-def _finish(config, run_dir, accelerator, unwrapped, ema, scheduler, data, state, num_parameters, digests,
-            global_batch, sample_grid) -> None:
+def _finish(
+    config,
+    run_dir,
+    accelerator,
+    unwrapped,
+    ema,
+    scheduler,
+    data,
+    state,
+    num_parameters,
+    digests,
+    global_batch,
+    sample_grid,
+) -> None:
     from . import __version__
     from .images import make_grid
     from .pipeline import DDPMHubPipeline
@@ -582,8 +669,11 @@ def _finish(config, run_dir, accelerator, unwrapped, ema, scheduler, data, state
     images = sample_grid(config.final_sampler, config.final_inference_steps)
     make_grid(images).save(run_dir / "samples.png")
     final_loss = state.loss_history[-1][1] if state.loss_history else float("nan")
-    plot_loss(state.loss_history, run_dir / "loss.png",
-              f"{config.backbone} on {data.source}, final loss {final_loss:.4f}")
+    plot_loss(
+        state.loss_history,
+        run_dir / "loss.png",
+        f"{config.backbone} on {data.source}, final loss {final_loss:.4f}",
+    )
     info = {
         "dataset": config.data.dataset if data.source.startswith("'") else data.source,
         "image_size": data.image_size,

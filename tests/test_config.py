@@ -38,14 +38,27 @@ def test_accelerate_configs_are_valid_yaml_with_the_right_launch_type():
     assert set(configs) == {"multi_gpu", "multi_node", "cpu_2proc"}
     assert configs["multi_node"]["num_machines"] > 1 and configs["multi_gpu"]["num_machines"] == 1
     # a MULTI_GPU launch that ACCELERATE_USE_CPU=1 puts on the CPU (use_cpu would run one process)
-    assert configs["cpu_2proc"]["distributed_type"] == "MULTI_GPU" and configs["cpu_2proc"]["num_processes"] == 2
+    assert (
+        configs["cpu_2proc"]["distributed_type"] == "MULTI_GPU" and configs["cpu_2proc"]["num_processes"] == 2
+    )
 
 
 def test_overrides_in_every_spelling():
-    config = config_from_argv([
-        "--max_steps", "100", "--model.base_channels", "64", "learning_rate=2e-4", "--data.random_flip",
-        "--ema.max_decay=0.99", "--max-grad-norm", "null", "--model.channel_mult", "[1, 2]",
-    ])
+    config = config_from_argv(
+        [
+            "--max_steps",
+            "100",
+            "--model.base_channels",
+            "64",
+            "learning_rate=2e-4",
+            "--data.random_flip",
+            "--ema.max_decay=0.99",
+            "--max-grad-norm",
+            "null",
+            "--model.channel_mult",
+            "[1, 2]",
+        ]
+    )
     assert config.max_steps == 100 and isinstance(config.max_steps, int)
     assert config.model["base_channels"] == 64 and config.model["channel_mult"] == [1, 2]
     assert config.model["num_res_blocks"] == 1  # the rest of the default model is kept
@@ -69,7 +82,10 @@ def test_config_file_then_overrides(tmp_path):
         (["--data.colour", "1"], "unknown config key 'data.colour'; allowed keys here: data.dataset"),
         (["--max_steps.x", "1"], "max_steps is an integer, it has no sub-keys"),
         (["--max_steps", "ten"], "bad value for max_steps: 'ten'; allowed: an integer"),
-        (["--mixed_precision", "fp8"], "bad value for mixed_precision: 'fp8'; allowed: one of 'no', 'fp16', 'bf16'"),
+        (
+            ["--mixed_precision", "fp8"],
+            "bad value for mixed_precision: 'fp8'; allowed: one of 'no', 'fp16', 'bf16'",
+        ),
         (["--data.random_flip", "maybe"], "bad value for data.random_flip: 'maybe'; allowed: true or false"),
         (["--batch_size", "0"], "batch_size must be at least 1, got 0"),
         (["--data.channels", "2"], "data.channels must be 1, 3 or null"),
@@ -92,7 +108,9 @@ def test_unknown_key_in_a_file(tmp_path):
 def test_unknown_model_and_scheduler_keys_name_the_allowed_ones():
     from ddpm_hub.train import build_model, build_scheduler
 
-    with pytest.raises(ConfigError, match=r"unknown model key\(s\) \['base_chanels'\] for UNet; allowed: .*base_channels"):
+    with pytest.raises(
+        ConfigError, match=r"unknown model key\(s\) \['base_chanels'\] for UNet; allowed: .*base_channels"
+    ):
         build_model(config_from_argv(["--model.base_chanels", "8"]), 1, 28)
     with pytest.raises(ConfigError, match=r"unknown scheduler key\(s\) \['T'\].*num_train_timesteps"):
         build_scheduler(config_from_argv(["--scheduler.T", "8"]))

@@ -39,14 +39,18 @@ def test_imagefolder_grayscale_stays_one_channel(tmp_path):
     folder = _folder(tmp_path, "L")
     data = load_images(DataConfig(dataset=str(folder), image_size=None))
     assert data.images.shape == (6, 1, 10, 10)  # default size: the short side, center-cropped
-    assert load_images(DataConfig(dataset=str(folder), image_size=None, center_crop=False)).images.shape[-1] == 12
+    assert (
+        load_images(DataConfig(dataset=str(folder), image_size=None, center_crop=False)).images.shape[-1]
+        == 12
+    )
 
 
 def test_parquet_files_and_a_dataset_object_with_a_named_column(tmp_path):
     images = [Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)) for i in range(5)]
-    ds = datasets.Dataset.from_dict({"picture": images, "label": list(range(5))},
-                                    features=datasets.Features({"picture": datasets.Image(),
-                                                                "label": datasets.Value("int64")}))
+    ds = datasets.Dataset.from_dict(
+        {"picture": images, "label": list(range(5))},
+        features=datasets.Features({"picture": datasets.Image(), "label": datasets.Value("int64")}),
+    )
     data = load_images(DataConfig(image_size=None), dataset=ds)  # the only Image column, whatever its name
     assert data.images.shape == (5, 3, 8, 8) and int(data.images[3, 0, 0, 0]) == 120
     ds.to_parquet(str(tmp_path / "train.parquet"))
@@ -58,9 +62,14 @@ def test_parquet_files_and_a_dataset_object_with_a_named_column(tmp_path):
 
 def test_wrong_image_column_names_the_columns():
     ds = datasets.load_dataset("parquet", data_files=str(BUILTIN_DATASETS["mnist5k"]), split="train")
-    with pytest.raises(DataError, match=r"no column 'pixels'; its columns are \['image', 'label'\] \(image columns: \['image'\]\)"):
+    with pytest.raises(
+        DataError,
+        match=r"no column 'pixels'; its columns are \['image', 'label'\] \(image columns: \['image'\]\)",
+    ):
         load_images(DataConfig(image_column="pixels"), dataset=ds)
-    with pytest.raises(DataError, match="the column 'label' holds ClassLabel.*not images; image columns: \\['image'\\]"):
+    with pytest.raises(
+        DataError, match="the column 'label' holds ClassLabel.*not images; image columns: \\['image'\\]"
+    ):
         load_images(DataConfig(image_column="label"), dataset=ds)
 
 
@@ -73,7 +82,9 @@ def test_empty_dataset_is_an_error():
 def test_corrupt_file_is_named_or_skipped_with_a_warning(tmp_path, caplog):
     folder = _folder(tmp_path, "RGB")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    with pytest.raises(DataError, match=r"cannot decode the image at row \d+ of .* \(file .*broken\.png\).*on_corrupt=skip"):
+    with pytest.raises(
+        DataError, match=r"cannot decode the image at row \d+ of .* \(file .*broken\.png\).*on_corrupt=skip"
+    ):
         load_images(DataConfig(dataset=str(folder), image_size=8))
     with caplog.at_level(logging.WARNING, logger="ddpm_hub.data"):
         data = load_images(DataConfig(dataset=str(folder), image_size=8, on_corrupt="skip"))

@@ -19,16 +19,43 @@ from ddpm_hub.cli import main as cli_main
 from ddpm_hub.config import config_from_argv
 from ddpm_hub.train import NonFiniteLossError, list_checkpoints, resolve_checkpoint, train
 
-TINY_MODEL = ("{base_channels: 16, channel_mult: [1, 2], num_res_blocks: 1, attention_resolutions: [14], "
-              "dropout: 0.0, norm_num_groups: 8}")
+TINY_MODEL = (
+    "{base_channels: 16, channel_mult: [1, 2], num_res_blocks: 1, attention_resolutions: [14], "
+    "dropout: 0.0, norm_num_groups: 8}"
+)
 
 
 def tiny_args(out, *extra):
     return [
-        "--output_dir", str(out), "--model", TINY_MODEL, "--data.max_samples", "64", "--data.num_workers", "0",
-        "--batch_size", "4", "--max_steps", "4", "--logging_steps", "1", "--sample_steps", "2",
-        "--num_sample_images", "2", "--sample_inference_steps", "2", "--final_sampler", "ddim",
-        "--final_inference_steps", "2", "--checkpointing_steps", "2", "--log_with", "none", *extra,
+        "--output_dir",
+        str(out),
+        "--model",
+        TINY_MODEL,
+        "--data.max_samples",
+        "64",
+        "--data.num_workers",
+        "0",
+        "--batch_size",
+        "4",
+        "--max_steps",
+        "4",
+        "--logging_steps",
+        "1",
+        "--sample_steps",
+        "2",
+        "--num_sample_images",
+        "2",
+        "--sample_inference_steps",
+        "2",
+        "--final_sampler",
+        "ddim",
+        "--final_inference_steps",
+        "2",
+        "--checkpointing_steps",
+        "2",
+        "--log_with",
+        "none",
+        *extra,
     ]
 
 
@@ -46,18 +73,60 @@ def test_ddpm_hub_train_writes_a_run_folder_that_loads_and_samples(tmp_path, cap
     assert list(run.glob("logs/**/events.out.tfevents.*"))
     assert [s for s, _ in list_checkpoints(run)] == [2, 4]
     info = json.loads((run / "train_info.json").read_text())
-    assert {"dataset", "image_size", "channels", "num_train_steps", "batch_size", "learning_rate",
-            "num_train_timesteps", "beta_schedule", "backbone", "num_parameters", "mixed_precision", "ema_decay",
-            "hardware", "num_processes", "wall_time_s", "final_loss", "ddpm_hub_version", "plugins"} <= set(info)
-    assert (info["dataset"], info["channels"], info["image_size"], info["num_train_steps"]) == ("mnist5k", 1, 28, 4)
+    assert {
+        "dataset",
+        "image_size",
+        "channels",
+        "num_train_steps",
+        "batch_size",
+        "learning_rate",
+        "num_train_timesteps",
+        "beta_schedule",
+        "backbone",
+        "num_parameters",
+        "mixed_precision",
+        "ema_decay",
+        "hardware",
+        "num_processes",
+        "wall_time_s",
+        "final_loss",
+        "ddpm_hub_version",
+        "plugins",
+    } <= set(info)
+    assert (info["dataset"], info["channels"], info["image_size"], info["num_train_steps"]) == (
+        "mnist5k",
+        1,
+        28,
+        4,
+    )
     assert info["num_processes"] == 1 and info["batch_size"] == 4 and info["final_loss"] > 0
 
     pipe = load_pipeline(run)
-    images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), sampler="ddim", num_inference_steps=2,
-                  output_type="pt").images
+    images = pipe(
+        batch_size=2,
+        generator=torch.Generator().manual_seed(0),
+        sampler="ddim",
+        num_inference_steps=2,
+        output_type="pt",
+    ).images
     assert images.shape == (2, 1, 28, 28) and torch.isfinite(images).all()
-    assert cli_main(["sample", str(run), "--num-images", "2", "--sampler", "ddim", "--steps", "2",
-                     "--out", str(tmp_path / "grid.png")]) == 0
+    assert (
+        cli_main(
+            [
+                "sample",
+                str(run),
+                "--num-images",
+                "2",
+                "--sampler",
+                "ddim",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "grid.png"),
+            ]
+        )
+        == 0
+    )
 
     # the folder holds a run now: training into it again needs --resume or --overwrite_output_dir
     assert cli_main(["train", *tiny_args(run)]) == 1
@@ -68,10 +137,23 @@ def test_two_real_ranks_agree_and_double_the_batch(tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--main_process_port", "0", "-m", "ddpm_hub.train", *tiny_args(run, "--max_steps", "3",
-                                                                        "--checkpointing_steps", "0")],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "0",
+            "-m",
+            "ddpm_hub.train",
+            *tiny_args(run, "--max_steps", "3", "--checkpointing_steps", "0"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((run / "train_info.json").read_text())
@@ -80,7 +162,10 @@ def test_two_real_ranks_agree_and_double_the_batch(tmp_path):
     assert len(digests) == 2 and digests[0] == digests[1]  # both ranks end with identical weights
     assert info["per_process_batch_size"] == 4 and info["batch_size"] == 8  # measured by a gather
     ckpt = list_checkpoints(run)[-1][1]
-    assert {p.name for p in ckpt.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+    assert {p.name for p in ckpt.glob("random_states_*.pkl")} == {
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    }
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
@@ -105,7 +190,9 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     info = json.loads((part / "train_info.json").read_text())
     assert info["num_train_steps"] == 4
     # the loss history survives the resume (loss.png covers the whole run)
-    assert json.loads((whole / "train_info.json").read_text())["final_loss"] == pytest.approx(info["final_loss"], abs=1e-6)
+    assert json.loads((whole / "train_info.json").read_text())["final_loss"] == pytest.approx(
+        info["final_loss"], abs=1e-6
+    )
 
 
 SAVE_HANGS = textwrap.dedent("""
@@ -129,12 +216,17 @@ SAVE_HANGS = textwrap.dedent("""
 
 def test_sigkill_while_writing_a_checkpoint_leaves_latest_loadable(tmp_path):
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", SAVE_HANGS, str(tmp_path), *tiny_args(run, "--max_steps", "6")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SAVE_HANGS, str(tmp_path), *tiny_args(run, "--max_steps", "6")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 300
         while not (tmp_path / "writing").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its second checkpoint"
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                "the run ended before its second checkpoint"
+            )
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
     finally:
@@ -149,8 +241,21 @@ def test_sigkill_while_writing_a_checkpoint_leaves_latest_loadable(tmp_path):
 
 
 def test_bf16_on_cpu_trains_without_nan(tmp_path):
-    run = train(config_from_argv(tiny_args(tmp_path / "bf16", "--mixed_precision", "bf16", "--max_steps", "3",
-                                           "--checkpointing_steps", "0", "--sample_steps", "0")))
+    run = train(
+        config_from_argv(
+            tiny_args(
+                tmp_path / "bf16",
+                "--mixed_precision",
+                "bf16",
+                "--max_steps",
+                "3",
+                "--checkpointing_steps",
+                "0",
+                "--sample_steps",
+                "0",
+            )
+        )
+    )
     info = json.loads((run / "train_info.json").read_text())
     assert info["mixed_precision"] == "bf16" and 0 < info["final_loss"] < 10
     assert all(torch.isfinite(w).all() for w in unet_weights(run).values())
@@ -169,7 +274,10 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, mo
 
     monkeypatch.setattr(train_module.F, "mse_loss", mse_then_nan)
     run = tmp_path / "nan"
-    with pytest.raises(NonFiniteLossError, match=r"non-finite .* between steps 2 and 3.*last good checkpoint is .*checkpoint-2"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"non-finite .* between steps 2 and 3.*last good checkpoint is .*checkpoint-2",
+    ):
         train(config_from_argv(tiny_args(run)))
     assert [s for s, _ in list_checkpoints(run)] == [2]
     assert not (run / "pipeline").exists()
