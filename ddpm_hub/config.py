@@ -22,10 +22,10 @@ from typing import Any, Literal, Union
 
 import yaml
 
-#: the model of the built-in default (configs/mnist.yaml): 28 px digits, attention at 7x7
+#: the model of the built-in default (configs/mnist.yaml): 28 px digits, 0.69M parameters, attention at 7x7
 MNIST_MODEL = {
-    "base_channels": 32,
-    "channel_mult": [1, 2, 2],
+    "base_channels": 16,
+    "channel_mult": [1, 2, 4],
     "num_res_blocks": 1,
     "attention_resolutions": [7],
     "dropout": 0.0,
@@ -110,7 +110,7 @@ class TrainConfig:
         default_factory=lambda: {"num_train_timesteps": 512, "beta_schedule": "linear"}
     )
 
-    max_steps: int = 1200
+    max_steps: int = 1000
     batch_size: int = 64
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3
@@ -132,7 +132,7 @@ class TrainConfig:
     logging_steps: int = 10
     log_with: Literal["tensorboard", "none"] = "tensorboard"
     #: write samples/step-N.png (and to TensorBoard) every N steps; 0: never
-    sample_steps: int = 300
+    sample_steps: int = 250
     num_sample_images: int = 16
     #: the sampler and steps of the grids made during training (null steps: the sampler's default)
     sample_sampler: str = "ddim"
@@ -141,7 +141,7 @@ class TrainConfig:
     final_sampler: str = "ddpm"
     final_inference_steps: int | None = None
     #: accelerator.save_state into checkpoints/checkpoint-N every N steps; 0: only at the end
-    checkpointing_steps: int = 300
+    checkpointing_steps: int = 250
     #: keep at most this many checkpoints (the oldest are deleted); null: keep all
     checkpoints_total_limit: int | None = 2
 
