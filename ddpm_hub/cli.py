@@ -42,19 +42,40 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        add_help=False,
+        help="train a DDPM (default: the built-in MNIST-5k config); --help lists every config key",
+        description="Train in this process; the options are those of `python -m ddpm_hub.train`.",
+    )
+    p.set_defaults(func=cmd_train, passthrough=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import main as train_main
+
+    return train_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="ddpm-hub", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ddpm-hub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_sample,):
+    for add in (_add_sample, _add_train):
         add(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "passthrough", False):  # `ddpm-hub train --max_steps 10 ...`: the trainer parses its own
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args)
 
 

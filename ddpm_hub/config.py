@@ -1,0 +1,413 @@
+"""The typed training configuration: YAML files under ``configs/`` plus command-line overrides.
+
+A config is a :class:`TrainConfig` (dataclasses all the way down, except ``model`` and ``scheduler``, which
+are the constructor kwargs of the backbone and of :class:`~ddpm_hub.DDPMHubScheduler`). It is read from a
+YAML file and then overridden key by key from the command line::
+
+    ddpm-hub train --config configs/cifar10.yaml --max_steps 1000 --model.base_channels 64 data.random_flip=false
+
+Values are parsed as YAML scalars (``64``, ``2e-4``, ``true``, ``[1, 2, 2]``, ``null``) and checked against the
+field's type; an unknown key or a bad value raises :class:`ConfigError` naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+#: the model of the built-in default (configs/mnist.yaml): 28 px digits, 0.69M parameters, attention at 7x7
+MNIST_MODEL = {
+    "base_channels": 16,
+    "channel_mult": [1, 2, 4],
+    "num_res_blocks": 1,
+    "attention_resolutions": [7],
+    "dropout": 0.0,
+    "norm_num_groups": 8,
+}
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value is not allowed; the message says which and what is."""
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are prepared (see ``ddpm_hub.data``)."""
+
+    #: ``mnist5k`` (built in), a Hub dataset name, a local image folder, or parquet file(s) (path or glob)
+    dataset: str = "mnist5k"
+    #: the Hub dataset's configuration name (the second argument of ``datasets.load_dataset``)
+    dataset_config: str | None = None
+    split: str = "train"
+    #: the image column; default: the only Image column, else ``image`` or ``img``
+    image_column: str | None = None
+    #: square training size; null: the size of the first image (after center crop)
+    image_size: int | None = 28
+    #: 1 (grayscale), 3 (RGB) or null (auto: 3 if any of the first images has color)
+    channels: int | None = None
+    #: resize the short side to image_size then center crop; false: resize to a square (aspect not kept)
+    center_crop: bool = True
+    random_flip: bool = False
+    #: what to do with an image that cannot be decoded: stop naming it, or skip it with a warning
+    on_corrupt: Literal["error", "skip"] = "error"
+    #: the background that transparent (RGBA, LA, palette) images are composited onto, 0..255
+    alpha_background: int = 255
+    #: use only the first N images (handy for quick runs)
+    max_samples: int | None = None
+    #: decode the whole dataset once into a uint8 tensor when it takes at most this many MB
+    predecode_max_mb: int = 4096
+    #: DataLoader workers for datasets too large to pre-decode
+    num_workers: int = 4
+
+
+@dataclass
+class EMAConfig:
+    """An exponential moving average of the weights (diffusers' ``EMAModel``); the pipeline gets these.
+
+    The decay warms up as ``1 - (1 + step / inv_gamma) ** -power`` and is capped at ``max_decay``, so the first,
+    useless weights are forgotten fast in a short run: with power 3/4 the decay is 0.99 at step 460 and 0.999
+    at step 10,000; with power 2/3 (long runs) 0.999 at step 31,600.
+    """
+
+    enabled: bool = True
+    max_decay: float = 0.999
+    min_decay: float = 0.0
+    inv_gamma: float = 1.0
+    power: float = 0.75
+    #: start averaging after this many optimizer steps (before: the EMA copies the weights)
+    update_after_step: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; the defaults are the built-in default run, configs/mnist.yaml.
+
+    ``batch_size`` is per process; the global batch is ``batch_size * num_processes *
+    gradient_accumulation_steps``.
+    """
+
+    output_dir: str = "runs/mnist"
+    #: continue the run in output_dir from its latest checkpoint
+    resume: str | None = None
+    #: allow training into an output_dir that already holds a run (without resuming it)
+    overwrite_output_dir: bool = False
+    seed: int = 0
+
+    data: DataConfig = field(default_factory=DataConfig)
+    #: a registered backbone name: unet, diffusers-unet2d, or one a plugin adds
+    backbone: str = "unet"
+    #: the backbone's constructor kwargs; sample_size and in_channels default to the data's
+    model: dict[str, Any] = field(default_factory=lambda: dict(MNIST_MODEL))
+    #: DDPMHubScheduler kwargs (num_train_timesteps, beta_schedule, beta_start, beta_end, prediction_type, ...)
+    scheduler: dict[str, Any] = field(
+        default_factory=lambda: {"num_train_timesteps": 512, "beta_schedule": "linear"}
+    )
+
+    max_steps: int = 1000
+    batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    #: decoupled weight decay (AdamW); 0 is the seed's plain Adam
+    weight_decay: float = 0.0
+    lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"
+    lr_warmup_steps: int = 100
+    #: clip the global gradient norm to this; null: no clipping
+    max_grad_norm: float | None = 1.0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    #: min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5.0; null: plain MSE, the seed's loss
+    snr_gamma: float | None = None
+    ema: EMAConfig = field(default_factory=EMAConfig)
+
+    #: fetch the loss from the device (a host sync) every N steps, for the progress bar and TensorBoard
+    logging_steps: int = 10
+    log_with: Literal["tensorboard", "none"] = "tensorboard"
+    #: write samples/step-N.png (and to TensorBoard) every N steps; 0: never
+    sample_steps: int = 250
+    num_sample_images: int = 16
+    #: the sampler and steps of the grids made during training (null steps: the sampler's default)
+    sample_sampler: str = "ddim"
+    sample_inference_steps: int | None = 50
+    #: the sampler and steps of the final samples.png (ddpm with null steps: the seed's full reverse chain)
+    final_sampler: str = "ddpm"
+    final_inference_steps: int | None = None
+    #: accelerator.save_state into checkpoints/checkpoint-N every N steps; 0: only at the end
+    checkpointing_steps: int = 250
+    #: keep at most this many checkpoints (the oldest are deleted); null: keep all
+    checkpoints_total_limit: int | None = 2
+
+    def validate(self) -> None:
+        """Check values whose type alone does not make them valid."""
+        positive = {
+            "max_steps": self.max_steps,
+            "batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "logging_steps": self.logging_steps,
+            "num_sample_images": self.num_sample_images,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{key} must be at least 1, got {value}")
+        for key in ("sample_steps", "checkpointing_steps", "lr_warmup_steps", "ema.update_after_step"):
+            value = _get(self, key)
+            if value < 0:
+                raise ConfigError(f"{key} must be 0 or more, got {value}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        for key in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ConfigError(
+                f"max_grad_norm must be positive or null (no clipping), got {self.max_grad_norm}"
+            )
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise ConfigError(f"snr_gamma must be positive or null (plain MSE), got {self.snr_gamma}")
+        if not 0 <= self.ema.max_decay < 1 or not 0 <= self.ema.min_decay <= self.ema.max_decay:
+            raise ConfigError(
+                f"ema.max_decay must be in [0, 1) and ema.min_decay in [0, max_decay]; got "
+                f"{self.ema.max_decay} and {self.ema.min_decay}"
+            )
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ConfigError(
+                f"checkpoints_total_limit must be at least 1 or null, got {self.checkpoints_total_limit}"
+            )
+        d = self.data
+        if d.channels not in (None, 1, 3):
+            raise ConfigError(f"data.channels must be 1, 3 or null (auto), got {d.channels}")
+        if d.image_size is not None and d.image_size < 1:
+            raise ConfigError(
+                f"data.image_size must be positive or null (the images' own size), got {d.image_size}"
+            )
+        if not 0 <= d.alpha_background <= 255:
+            raise ConfigError(f"data.alpha_background must be in 0..255, got {d.alpha_background}")
+        if d.max_samples is not None and d.max_samples < 1:
+            raise ConfigError(f"data.max_samples must be positive or null, got {d.max_samples}")
+        for key in ("model", "scheduler"):
+            if not isinstance(getattr(self, key), dict):
+                raise ConfigError(
+                    f"{key} must be a mapping of constructor arguments, got {getattr(self, key)!r}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, so that yaml.safe_dump writes plain YAML."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """``value`` as type ``tp``, or ConfigError naming ``key`` and what it allows."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"bad value for {key}: {value!r}; allowed: {_type_name(tp)}")
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                pass
+        raise bad
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise bad
+    if origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise bad
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 2e-4 as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    raise bad
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _allowed_keys(cls: type, prefix: str = "") -> list[str]:
+    return [prefix + f.name for f in dataclasses.fields(cls)]
+
+
+def _set(config: Any, dotted: str, value: Any, full_key: str | None = None) -> None:
+    """Set ``dotted`` (``max_steps``, ``data.image_size``, ``model.base_channels``) on a config dataclass."""
+    full_key = full_key or dotted
+    head, _, rest = dotted.partition(".")
+    cls = type(config)
+    names = {f.name for f in dataclasses.fields(cls)}
+    if head not in names:
+        prefix = full_key[: len(full_key) - len(dotted)]
+        raise ConfigError(
+            f"unknown config key {full_key!r}; allowed keys here: {', '.join(_allowed_keys(cls, prefix))}"
+        )
+    tp = _hints(cls)[head]
+    current = getattr(config, head)
+    if dataclasses.is_dataclass(current):
+        if rest:
+            _set(current, rest, value, full_key)
+            return
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"bad value for {full_key}: {value!r}; allowed: a mapping of {_allowed_keys(type(current))}"
+            )
+        for k, v in value.items():
+            _set(current, str(k), v, f"{full_key}.{k}")
+        return
+    if rest:
+        if typing.get_origin(tp) is dict:  # model.base_channels: a constructor kwarg, checked when built
+            current[rest] = value
+            return
+        raise ConfigError(f"unknown config key {full_key!r}: {head} is {_type_name(tp)}, it has no sub-keys")
+    setattr(config, head, _coerce(full_key, value, tp))
+
+
+def apply(config: TrainConfig, values: dict[str, Any], prefix: str = "") -> TrainConfig:
+    """Apply a (nested) mapping of values, as read from YAML, to ``config``."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config file must hold a mapping of keys to values, got {type(values).__name__}")
+    for key, value in values.items():
+        _set(config, str(key), value, prefix + str(key))
+    return config
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML reads it: ``64`` int, ``2e-4`` float, ``true``, ``[1, 2]``, ``null``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(argv: Sequence[str]) -> tuple[str | None, list[tuple[str, Any]]]:
+    """Split ``--config FILE`` from ``--key value`` / ``--key=value`` / ``key=value`` / ``--flag`` overrides."""
+    config_path: str | None = None
+    overrides: list[tuple[str, Any]] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            key, eq, text = arg[2:].partition("=")
+            if not eq:
+                if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                    text = args[i + 1]
+                    i += 1
+                else:
+                    text = "true"  # a bare --flag
+        elif "=" in arg:
+            key, _, text = arg.partition("=")
+        else:
+            raise ConfigError(f"cannot read the argument {arg!r}: use --key value, --key=value or key=value")
+        key = key.replace("-", "_")  # --max-steps is --max_steps
+        if key == "config":
+            config_path = text
+        else:
+            overrides.append((key, parse_value(text)))
+        i += 1
+    return config_path, overrides
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[tuple[str, Any]] = ()) -> TrainConfig:
+    """The config in ``path`` with ``overrides`` applied, validated.
+
+    Without ``path``: the defaults of :class:`TrainConfig`, which are ``configs/mnist.yaml`` (a test keeps the
+    two equal), so that an installed package needs no file to run its built-in default.
+    """
+    config = TrainConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        apply(config, values)
+    for key, value in overrides:
+        _set(config, key, value)
+    config.validate()
+    return config
+
+
+def config_from_argv(argv: Sequence[str]) -> TrainConfig:
+    """``--config FILE`` and overrides, as ``python -m ddpm_hub.train`` and ``ddpm-hub train`` take them."""
+    path, overrides = parse_overrides(argv)
+    return load_config(path, overrides)
+
+
+def describe() -> str:
+    """Every config key with its type and default, for ``--help``."""
+    lines = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, prefix + f.name + ".")
+            else:
+                tp = _type_name(_hints(type(obj))[f.name])
+                lines.append(f"  --{prefix + f.name:<34} {tp} (default: {value!r})")
+
+    walk(TrainConfig(), "")
+    return "\n".join(lines)

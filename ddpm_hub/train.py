@@ -1,0 +1,751 @@
+"""Training (seed: "TRAINING (Forward Process)") with 🤗 Accelerate.
+
+The loop is the seed's, line for line::
+
+    for batch in dataloader:
+        t = torch.randint(0, T, (bs,))                        # each image its own noise level
+        noise = torch.randn_like(batch)
+        x_noisy = sqrt_alpha_bar[t] * batch + sqrt_one_minus_alpha_bar[t] * noise
+        loss = F.mse_loss(noise, model(x_noisy, t))
+        loss.backward(); optimizer.step()
+
+around which Accelerate adds devices, processes, mixed precision and gradient accumulation, and this module
+adds what users of diffusers' ``train_unconditional.py`` and lucidrains' ``Trainer`` ask for: an EMA of the
+weights (diffusers' ``EMAModel``, warmed-up decay; the schedule tensors live in the scheduler, never in the
+model it averages), gradient clipping, learning-rate warmup, optional min-SNR weighting, a guard that stops
+on a non-finite loss, sample grids, TensorBoard, checkpoints (``accelerator.save_state``, written to a
+temporary folder and renamed, so a killed process never leaves a half-written ``latest``) and an exact
+``--resume``.
+
+Run it as ``python -m ddpm_hub.train``, ``accelerate launch -m ddpm_hub.train`` or ``ddpm-hub train``, with
+``--config FILE`` and ``--key value`` overrides (see ``ddpm_hub.config``). It writes a run folder::
+
+    OUTPUT_DIR/
+      pipeline/            the final pipeline (EMA weights): ddpm_hub.load_pipeline(OUTPUT_DIR)
+      checkpoints/checkpoint-STEP/   accelerator.save_state (model, EMA, optimizer, lr, RNG, data position)
+      samples/step-STEP.png          sample grids during training
+      logs/                TensorBoard (loss, lr, sample grids)
+      config.yaml  samples.png  loss.png  train_info.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import ConfigError, TrainConfig, config_from_argv, describe
+from .data import DataError
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TMP_PREFIX = ".tmp-"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stopped without saving the bad weights."""
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """The complete checkpoints of a run, ``(step, path)`` sorted by step.
+
+    A checkpoint folder only gets its final name ``checkpoint-STEP`` once everything is written (it is
+    written as ``.tmp-checkpoint-STEP`` and renamed), so every listed one is loadable.
+    """
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))
+    ]
+    return sorted(found)
+
+
+def resolve_checkpoint(run_dir: str | Path, resume: str) -> Path | None:
+    """``latest`` -> the newest complete checkpoint of ``run_dir`` (None if it has none); else a checkpoint path."""
+    if resume == "latest":
+        found = list_checkpoints(run_dir)
+        return found[-1][1] if found else None
+    path = Path(resume).expanduser()
+    if path.is_dir() and not CHECKPOINT_RE.match(path.name) and list_checkpoints(path):
+        return list_checkpoints(path)[-1][1]  # a run folder: its latest checkpoint
+    if not path.is_dir() or not CHECKPOINT_RE.match(path.name):
+        raise ConfigError(
+            f"resume={resume!r} is neither 'latest' nor a checkpoint folder (checkpoints/checkpoint-STEP) nor a run "
+            f"folder with checkpoints"
+        )
+    return path
+
+
+class TrainState:
+    """The loop's own state, saved in every checkpoint: step, data position, loss history, time spent."""
+
+    def __init__(self) -> None:
+        self.step = 0  # optimizer steps done
+        self.micro_step = 0  # batches consumed per process: the data position
+        self.images_seen = 0
+        self.wall_time_s = 0.0
+        self.loss_history: list[tuple[int, float]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def save_checkpoint(accelerator, run_dir: Path, step: int, total_limit: int | None) -> Path:
+    """``accelerator.save_state`` into checkpoints/checkpoint-STEP, atomically, then prune to ``total_limit``.
+
+    Every process writes into ``.tmp-checkpoint-STEP`` (its RNG state; the main process the rest); once all
+    have finished, the main process renames the folder. SIGKILL at any moment leaves either the old set of
+    checkpoints or the new one, and a stale ``.tmp-*`` folder that the next save removes.
+    """
+    folder = run_dir / "checkpoints"
+    final = folder / f"checkpoint-{step}"
+    tmp = folder / f"{TMP_PREFIX}checkpoint-{step}"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(f"{TMP_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():  # the same step saved again (a finished run re-saved): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(folder)
+        if total_limit is not None:
+            for _, old in list_checkpoints(run_dir)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------- building blocks
+
+
+def _check_kwargs(what: str, cls: type, kwargs: dict[str, Any]) -> None:
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [n for n in params if n != "self"]
+    unknown = [k for k in kwargs if k not in allowed]
+    if unknown:
+        raise ConfigError(
+            f"unknown {what} key(s) {unknown} for {cls.__name__}; allowed: {', '.join(allowed)}"
+        )
+
+
+def build_model(config: TrainConfig, channels: int, image_size: int) -> torch.nn.Module:
+    """The backbone ``config.backbone`` from the registry, sized to the data unless the config says otherwise."""
+    from .plugins import get_backbone
+
+    try:
+        cls = get_backbone(config.backbone)
+    except ValueError as exc:
+        raise ConfigError(f"bad value for backbone: {exc}") from exc
+    kwargs = dict(config.model)
+    _check_kwargs("model", cls, kwargs)
+    params = inspect.signature(cls.__init__).parameters
+    for key, value in (("sample_size", image_size), ("in_channels", channels), ("out_channels", channels)):
+        if key in params and key not in kwargs:
+            kwargs[key] = value
+    for key, value in (("sample_size", image_size), ("in_channels", channels)):
+        given = kwargs.get(key)
+        if (
+            given is not None
+            and given != value
+            and not (isinstance(given, (list, tuple)) and set(given) == {value})
+        ):
+            raise ConfigError(
+                f"model.{key}={given} does not match the data ({channels} channel(s), {image_size}x{image_size} px); "
+                f"drop model.{key} to take it from the data, or change data.image_size / data.channels"
+            )
+    for key in (
+        "channel_mult",
+        "attention_resolutions",
+        "block_out_channels",
+        "down_block_types",
+        "up_block_types",
+    ):
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot build backbone {config.backbone!r} from model={config.model}: {exc}"
+        ) from exc
+
+
+def build_scheduler(config: TrainConfig):
+    from .scheduler import DDPMHubScheduler
+
+    _check_kwargs("scheduler", DDPMHubScheduler, config.scheduler)
+    try:
+        return DDPMHubScheduler(**config.scheduler)
+    except ValueError as exc:
+        raise ConfigError(f"bad scheduler config {config.scheduler}: {exc}") from exc
+
+
+def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    """AdamW (with weight_decay=0, the seed's Adam); fused where this torch has it, else foreach."""
+    kwargs = dict(
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon,
+        weight_decay=config.weight_decay,
+    )
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, foreach=True, **kwargs)
+
+
+def min_snr_weights(
+    alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, prediction_type: str
+) -> torch.Tensor:
+    """Per-sample loss weights of Min-SNR-gamma (Hang et al. 2023): min(SNR, gamma) over the target's SNR."""
+    alpha_bar = alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = snr.clamp(max=gamma)
+    if prediction_type == "epsilon":
+        return clipped / snr
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped
+
+
+def hardware(accelerator) -> str:
+    n = accelerator.num_processes
+    if accelerator.device.type == "cuda":
+        return f"{n}x {torch.cuda.get_device_name(accelerator.device)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU ({cpu}, {os.cpu_count()} cores), {n} process{'es' if n > 1 else ''}"
+
+
+def ema_weights(model: torch.nn.Module, ema) -> torch.nn.Module:
+    """A new float32 model with the EMA weights (or a copy of ``model``'s without EMA), for sampling and saving.
+
+    Built from the config rather than deep-copied: under mixed precision Accelerate wraps ``model.forward``,
+    and a deep copy would keep calling the training model.
+    """
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # building a model draws init weights: keep the training RNG intact
+        net = type(model).from_config(model.config)
+    net.load_state_dict(model.state_dict())
+    if ema is not None:
+        ema.copy_to(net.parameters())
+    return net.float().eval()
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's parameters and buffers (to check that data-parallel ranks agree)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[prefix + k] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def plot_loss(history: list[tuple[int, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if history:
+        steps, losses = zip(*history, strict=True)
+        ax.plot(steps, losses, lw=1, label="loss")
+        if len(losses) >= 10:
+            k = max(len(losses) // 20, 2)
+            smooth = [
+                sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1])
+                for i in range(len(losses))
+            ]
+            ax.plot(steps, smooth, lw=2, label=f"mean of {k}")
+            ax.legend()
+        if min(losses) > 0:
+            ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+
+def _prepare_output_dir(config: TrainConfig, run_dir: Path, main: bool = True) -> Path | None:
+    """Check the output folder; return the checkpoint to resume from (None: start fresh)."""
+    if config.resume is not None:
+        checkpoint = resolve_checkpoint(run_dir, config.resume)
+        if checkpoint is None and main:
+            print(f"resume=latest: {run_dir} has no checkpoint yet, starting a new run", flush=True)
+        return checkpoint
+    occupied = [p for p in ("checkpoints", "pipeline", "train_info.json") if (run_dir / p).exists()]
+    if occupied and not config.overwrite_output_dir:
+        raise ConfigError(
+            f"output_dir {run_dir} already holds a run ({', '.join(occupied)}). Continue it with --resume latest, "
+            "train into another folder with --output_dir DIR, or replace it with --overwrite_output_dir true"
+        )
+    return None
+
+
+def train(config: TrainConfig, dataset=None) -> Path:
+    """Train a DDPM as ``config`` says; return the run folder (see the module docstring for its layout).
+
+    ``dataset``: a ``datasets.Dataset`` to train on instead of ``config.data.dataset``.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    config.validate()
+    run_dir = Path(config.output_dir).expanduser().resolve()
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=None if config.log_with == "none" else config.log_with,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+        step_scheduler_with_optimizer=False,  # the lr schedule counts optimizer steps, whatever the world size
+    )
+    try:
+        return _train(config, dataset, accelerator, run_dir)
+    finally:
+        accelerator.end_training()
+        if accelerator.num_processes == 1:  # let a later train() in this process choose another precision
+            from accelerate.state import AcceleratorState, GradientState
+
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+
+
+def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
+    from accelerate.utils import gather_object, set_seed
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    from . import __version__
+    from .data import ShardedBatchSampler, load_images, random_flip
+
+    main = accelerator.is_main_process
+    resume_from = _prepare_output_dir(config, run_dir, main)  # every process checks (read only)
+    accelerator.wait_for_everyone()
+    if main and config.resume is None and config.overwrite_output_dir:
+        for sub in ("checkpoints", "samples", "pipeline", "logs"):
+            shutil.rmtree(run_dir / sub, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+    # Setup (seed: "1. Setup and Noise Schedule", "Model and Optimizer"): the same init on every process.
+    set_seed(config.seed)
+    with accelerator.main_process_first():
+        data = load_images(config.data, dataset)
+    scheduler = build_scheduler(config)
+    T = scheduler.config.num_train_timesteps
+    prediction_type = scheduler.config.prediction_type
+    model = build_model(config, data.channels, data.image_size)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    optimizer = build_optimizer(config, model.parameters())
+    # diffusers' "constant" ignores warmup; "constant_with_warmup" is the same schedule with it
+    schedule_name = "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler
+    lr_scheduler = get_scheduler(
+        schedule_name, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_steps
+    )
+    ema = None
+    if config.ema.enabled:
+        ema = EMAModel(
+            model.parameters(),
+            decay=config.ema.max_decay,
+            min_decay=config.ema.min_decay,
+            update_after_step=config.ema.update_after_step,
+            use_ema_warmup=True,
+            inv_gamma=config.ema.inv_gamma,
+            power=config.ema.power,
+            model_cls=type(model),
+            model_config=model.config,
+            foreach=True,
+        )
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+
+    if resume_from is not None:
+        accelerator.print(f"resuming from {resume_from}")
+        accelerator.load_state(str(resume_from))  # model, EMA, optimizer, lr schedule, RNG, TrainState
+        if ema is not None:
+            ema.to(accelerator.device)
+        if state.step > config.max_steps:
+            raise ConfigError(f"the checkpoint is at step {state.step}, past max_steps={config.max_steps}")
+    else:
+        set_seed(config.seed, device_specific=True)  # each process its own noise and timesteps
+
+    global_batch = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+    sampler = ShardedBatchSampler(
+        data.num_images,
+        config.batch_size,
+        accelerator.process_index,
+        accelerator.num_processes,
+        seed=config.seed,
+        start=state.micro_step,
+    )
+    batches = data.batches(sampler, num_workers=config.data.num_workers)
+
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config.to_yaml())
+    if config.log_with != "none":
+        accelerator.init_trackers("train", config=_flat(config.to_dict()))
+    accelerator.print(
+        f"ddpm-hub {__version__}: {data.num_images} images ({data.source}, {data.channels}x{data.image_size}x"
+        f"{data.image_size}{', pre-decoded' if data.images is not None else ''}), backbone {config.backbone} "
+        f"({num_parameters / 1e6:.2f}M parameters), T={T} {scheduler.config.beta_schedule}\n"
+        f"{hardware(accelerator)}, mixed precision {config.mixed_precision}, global batch {global_batch} "
+        f"({config.batch_size} x {accelerator.num_processes} process(es) x {config.gradient_accumulation_steps} "
+        f"accumulation), steps {state.step} -> {config.max_steps}\nwriting to {run_dir}"
+    )
+
+    device = accelerator.device
+    # Seed, "Derived Variables": the schedule tables stay here, outside the model (and outside its EMA).
+    sqrt_alpha_bar = scheduler.sqrt_alphas_cumprod.to(device, torch.float32)
+    sqrt_one_minus_alpha_bar = scheduler.sqrt_one_minus_alphas_cumprod.to(device, torch.float32)
+    alphas_cumprod = scheduler.alphas_cumprod.to(device, torch.float32)
+
+    def sample_grid(sampler_name: str, steps: int | None) -> torch.Tensor:
+        """(B, C, H, W) images in [0, 1] from the EMA weights (main process), fixed seed for comparability."""
+        from .pipeline import DDPMHubPipeline
+
+        net = ema_weights(accelerator.unwrap_model(model), ema)
+        pipe = DDPMHubPipeline(unet=net, scheduler=scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe(
+            batch_size=config.num_sample_images,
+            generator=torch.Generator("cpu").manual_seed(config.seed),
+            sampler=sampler_name,
+            num_inference_steps=steps,
+            output_type="pt",
+        ).images
+
+    def write_grid(step: int) -> None:
+        from .images import make_grid
+
+        images = sample_grid(config.sample_sampler, config.sample_inference_steps)
+        (run_dir / "samples").mkdir(exist_ok=True)
+        make_grid(images).save(run_dir / "samples" / f"step-{step}.png")
+        if config.log_with == "tensorboard":
+            grid = torch.from_numpy(np.array(make_grid(images).convert("RGB"))).permute(2, 0, 1)
+            accelerator.get_tracker("tensorboard").writer.add_image("samples", grid, step)
+
+    # Running sums on the device: read back (a host sync) only every logging_steps.
+    loss_sum = torch.zeros((), device=device)
+    loss_count = torch.zeros((), device=device)
+    nonfinite = torch.zeros((), device=device)
+    last_log_time, last_log_images = time.perf_counter(), state.images_seen
+    session_start, session_start_wall = time.perf_counter(), state.wall_time_s
+    last_good = resume_from
+
+    def check_finite(step: int) -> tuple[float, float]:
+        """Mean loss since the last check, over all processes; stop on a non-finite loss."""
+        nonlocal loss_sum, loss_count, nonfinite
+        stats = accelerator.reduce(torch.stack([loss_sum, loss_count, nonfinite]), reduction="sum").tolist()
+        loss_sum, loss_count, nonfinite = (torch.zeros((), device=device) for _ in range(3))
+        if stats[2] > 0 or not math.isfinite(stats[0]):
+            where = f"between steps {state.loss_history[-1][0] if state.loss_history else 0} and {step}"
+            keep = (
+                f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
+            )
+            raise NonFiniteLossError(
+                f"the loss became non-finite (NaN or inf) {where}; training stopped and the weights after it were "
+                f"not saved; {keep} (resume with --resume {last_good or 'latest'}). Usual fixes: a lower "
+                f"learning_rate (now {config.learning_rate}), max_grad_norm (now {config.max_grad_norm}), "
+                f"mixed_precision bf16 or no instead of fp16 (now {config.mixed_precision})"
+            )
+        return stats[0] / max(stats[1], 1.0), stats[1]
+
+    bar = tqdm(
+        total=config.max_steps,
+        initial=state.step,
+        disable=not main,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+    )
+    measured_global_batch = None
+    model.train()
+    # ------------------------------------------------------------- seed: "TRAINING (Forward Process)"
+    for batch in batches:
+        if state.step >= config.max_steps:
+            break
+        batch = batch.to(device, non_blocking=True).float() / 127.5 - 1.0  # uint8 -> [-1, 1]
+        if config.data.random_flip:
+            batch = random_flip(batch)
+        bs = batch.shape[0]
+        if measured_global_batch is None:  # asserted, not assumed: what the processes really feed per step
+            measured_global_batch = int(accelerator.gather(torch.tensor([bs], device=device)).sum())
+            measured_global_batch *= config.gradient_accumulation_steps
+
+        with accelerator.accumulate(model):
+            t = torch.randint(0, T, (bs,), device=device).long()
+            noise = torch.randn_like(batch)
+            x_noisy = (
+                sqrt_alpha_bar[t].view(bs, 1, 1, 1) * batch
+                + sqrt_one_minus_alpha_bar[t].view(bs, 1, 1, 1) * noise
+            )
+            noise_pred = model(x_noisy, t).sample.float()
+            if prediction_type == "epsilon":
+                target = noise
+            elif prediction_type == "v_prediction":
+                target = (
+                    sqrt_alpha_bar[t].view(bs, 1, 1, 1) * noise
+                    - sqrt_one_minus_alpha_bar[t].view(bs, 1, 1, 1) * batch
+                )
+            else:
+                target = batch
+            if config.snr_gamma is None:
+                loss = F.mse_loss(noise_pred, target)
+            else:
+                per_sample = F.mse_loss(noise_pred, target, reduction="none").mean(dim=(1, 2, 3))
+                loss = (
+                    per_sample * min_snr_weights(alphas_cumprod, t, config.snr_gamma, prediction_type)
+                ).mean()
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        loss = loss.detach()
+        loss_sum += loss
+        loss_count += 1
+        nonfinite += (~torch.isfinite(loss)).float()
+        state.micro_step += 1
+        if not accelerator.sync_gradients:
+            continue
+
+        # one optimizer step done
+        lr_scheduler.step()
+        if ema is not None:
+            ema.step(model.parameters())
+        state.step += 1
+        state.images_seen += global_batch
+        step = state.step
+        bar.update(1)
+
+        last = step == config.max_steps
+        checkpoint_now = last or (config.checkpointing_steps and step % config.checkpointing_steps == 0)
+        if step % config.logging_steps == 0 or checkpoint_now:
+            mean_loss, _ = check_finite(step)
+            now = time.perf_counter()
+            images_per_s = (state.images_seen - last_log_images) / max(now - last_log_time, 1e-9)
+            last_log_time, last_log_images = now, state.images_seen
+            lr = lr_scheduler.get_last_lr()[0]
+            state.loss_history.append((step, mean_loss))
+            bar.set_postfix(
+                loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:.0f}", lr=f"{lr:.2e}", refresh=False
+            )
+            accelerator.log(
+                {"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": images_per_s}, step=step
+            )
+        if config.sample_steps and step % config.sample_steps == 0 and not last:
+            if main:
+                write_grid(step)
+            accelerator.wait_for_everyone()
+        if checkpoint_now:
+            state.wall_time_s = session_start_wall + time.perf_counter() - session_start
+            last_good = save_checkpoint(accelerator, run_dir, step, config.checkpoints_total_limit)
+    bar.close()
+    state.wall_time_s = session_start_wall + time.perf_counter() - session_start
+
+    # The end: every process's weights (they must agree), then the pipeline with the EMA weights.
+    unwrapped = accelerator.unwrap_model(model)
+    digest = weights_digest(unwrapped)
+    digests = gather_object([digest]) if accelerator.num_processes > 1 else [digest]
+    if main:
+        _finish(
+            config,
+            run_dir,
+            accelerator,
+            unwrapped,
+            ema,
+            scheduler,
+            data,
+            state,
+            num_parameters,
+            digests,
+            measured_global_batch or global_batch,
+            sample_grid,
+        )
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def _finish(
+    config,
+    run_dir,
+    accelerator,
+    unwrapped,
+    ema,
+    scheduler,
+    data,
+    state,
+    num_parameters,
+    digests,
+    global_batch,
+    sample_grid,
+) -> None:
+    from . import __version__
+    from .images import make_grid
+    from .pipeline import DDPMHubPipeline
+    from .plugins import plugin_info
+
+    net = ema_weights(unwrapped, ema)
+    pipe = DDPMHubPipeline(unet=net, scheduler=scheduler)
+    tmp = run_dir / f"{TMP_PREFIX}pipeline"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(run_dir / "pipeline", ignore_errors=True)
+    os.replace(tmp, run_dir / "pipeline")
+
+    images = sample_grid(config.final_sampler, config.final_inference_steps)
+    make_grid(images).save(run_dir / "samples.png")
+    final_loss = state.loss_history[-1][1] if state.loss_history else float("nan")
+    plot_loss(
+        state.loss_history,
+        run_dir / "loss.png",
+        f"{config.backbone} on {data.source}, final loss {final_loss:.4f}",
+    )
+    info = {
+        "dataset": config.data.dataset if data.source.startswith("'") else data.source,
+        "image_size": data.image_size,
+        "channels": data.channels,
+        "num_images": data.num_images,
+        "num_train_steps": state.step,
+        "batch_size": global_batch,
+        "per_process_batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "learning_rate": config.learning_rate,
+        "num_train_timesteps": scheduler.config.num_train_timesteps,
+        "beta_schedule": scheduler.config.beta_schedule,
+        "prediction_type": scheduler.config.prediction_type,
+        "backbone": config.backbone,
+        "num_parameters": num_parameters,
+        "mixed_precision": config.mixed_precision,
+        "ema_decay": config.ema.max_decay if ema is not None else None,
+        "ema_decay_reached": getattr(ema, "cur_decay_value", None),
+        "hardware": hardware(accelerator),
+        "num_processes": accelerator.num_processes,
+        "wall_time_s": round(state.wall_time_s, 2),
+        "images_per_s": round(state.images_seen / state.wall_time_s, 2) if state.wall_time_s else None,
+        "final_loss": final_loss,
+        "weights_sha256_per_process": digests,
+        "ddpm_hub_version": __version__,
+        "plugins": [{"distribution": p["distribution"], "version": p["version"]} for p in plugin_info()],
+    }
+    (run_dir / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    try:  # the Hub module's model card, where it is installed
+        from .hub import write_model_card
+    except ImportError:
+        pass
+    else:
+        write_model_card(run_dir / "pipeline", info)
+    print(
+        f"done: {state.step} steps in {state.wall_time_s:.0f} s, final loss {final_loss:.4f}\n"
+        f"  pipeline  {run_dir / 'pipeline'}   (ddpm_hub.load_pipeline({str(run_dir)!r}))\n"
+        f"  samples   {run_dir / 'samples.png'}   loss curve {run_dir / 'loss.png'}\n"
+        f"  more:     ddpm-hub sample {run_dir} --num-images 16 --out grid.png\n"
+        f"  logs:     tensorboard --logdir {run_dir / 'logs'}",
+        flush=True,
+    )
+
+
+USAGE = """usage: python -m ddpm_hub.train [--config FILE] [--KEY VALUE | KEY=VALUE ...]
+       accelerate launch -m ddpm_hub.train [...]      ddpm-hub train [...]
+
+Train a DDPM. Without --config: the built-in default (configs/mnist.yaml: MNIST-5k digits).
+Nested keys use dots (--model.base_channels 64, --data.dataset ./my-images); values are YAML
+(64, 2e-4, true, [1, 2, 2], null). --resume latest continues the run in output_dir.
+
+keys:
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE + describe())
+        return 0
+    try:
+        config = config_from_argv(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        train(config)
+    except (ConfigError, DataError, NonFiniteLossError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
