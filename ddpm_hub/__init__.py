@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .hookspecs import hookimpl
 from .models.unet import UNet, UNetOutput
 from .pipeline import DDPMHubPipeline, load_pipeline
 from .samplers import make_sampler
@@ -20,6 +21,7 @@ __all__ = [
     "UNet",
     "UNetOutput",
     "__version__",
+    "hookimpl",
     "linear",
     "load_pipeline",
     "make_sampler",

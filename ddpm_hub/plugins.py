@@ -12,6 +12,8 @@ import importlib
 import importlib.metadata
 import inspect
 import os
+import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,19 +22,9 @@ import pluggy
 
 from . import hookspecs
 
-__all__ = [
-    "Entry",
-    "pm",
-    "get_schedules",
-    "get_samplers",
-    "get_backbones",
-    "get_schedule",
-    "get_sampler",
-    "get_backbone",
-    "provider",
-    "reset_registries",
-    "plugin_info",
-]
+__all__ = ["Entry", "MissingPluginError", "pm", "get_schedules", "get_samplers", "get_backbones", "get_schedule",
+           "get_sampler", "get_backbone", "provider", "reset_registries", "plugin_info", "load_plugins",
+           "allowed_plugins", "distribution_of"]
 
 ENTRY_POINT_GROUP = "ddpm_hub"
 DEFAULT_PLUGINS = ("ddpm_hub.schedules", "ddpm_hub.samplers", "ddpm_hub.models.unet")
@@ -65,6 +57,17 @@ def _core_version() -> str:
         return "0+unknown"
 
 
+def distribution_of(obj: Any) -> tuple[str, str] | None:
+    """(distribution, version) of the installed distribution that provides ``obj``'s top-level module."""
+    top = (getattr(obj, "__module__", None) or "").split(".")[0]
+    for dist_name in importlib.metadata.packages_distributions().get(top, []):
+        try:
+            return dist_name, importlib.metadata.version(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def _load_default_plugins() -> None:
     for module_name in DEFAULT_PLUGINS:
         module = importlib.import_module(module_name)
@@ -73,38 +76,103 @@ def _load_default_plugins() -> None:
             _plugin_dists[module_name] = ("ddpm-hub", _core_version())
 
 
-def _load_entry_points() -> None:
+class MissingPluginError(ImportError):
+    """A checkpoint or config needs a schedule, sampler or backbone whose plugin is not installed or not loaded."""
+
+
+def _normalize(name: str) -> str:
+    """A distribution or entry-point name in canonical form (PEP 503: ``ddpm_hub.DiT`` -> ``ddpm-hub-dit``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def allowed_plugins() -> set[str] | None:
+    """The normalized names in ``DDPM_HUB_LOAD_PLUGINS`` (None when unset: every installed plugin loads)."""
     allowed = os.environ.get("DDPM_HUB_LOAD_PLUGINS")
-    names = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
+    if allowed is None:
+        return None
+    return {_normalize(n.strip()) for n in allowed.split(",") if n.strip()}
+
+
+def _entry_points() -> list[tuple[importlib.metadata.EntryPoint, str, str]]:
+    """(entry point, distribution name, version) for every installed ``ddpm_hub`` entry point, deduplicated."""
+    seen: dict[str, str] = {}
+    out = []
     for dist in importlib.metadata.distributions():
         dist_name = dist.metadata["Name"]
         for ep in dist.entry_points:
-            if ep.group != ENTRY_POINT_GROUP or pm.get_plugin(ep.name) is not None:
+            if ep.group != ENTRY_POINT_GROUP:
                 continue
-            if names is not None and ep.name not in names and dist_name not in names:
-                continue
-            try:
-                plugin = ep.load()
-            except Exception as exc:
-                raise RuntimeError(
-                    f"the ddpm-hub plugin {ep.name!r} from distribution {dist_name!r} failed to import: {exc}. "
-                    f"Reinstall or upgrade it (pip install -U {dist_name}), uninstall it, or leave it out with "
-                    "DDPM_HUB_LOAD_PLUGINS"
-                ) from exc
+            if ep.name in seen:
+                if _normalize(seen[ep.name]) != _normalize(dist_name):
+                    raise RuntimeError(
+                        f"two installed distributions provide a ddpm-hub plugin named {ep.name!r}: {seen[ep.name]!r} "
+                        f"and {dist_name!r}; uninstall one of them"
+                    )
+                continue  # the same distribution found twice on sys.path
+            seen[ep.name] = dist_name
+            out.append((ep, dist_name, dist.version))
+    return out
+
+
+def _load_entry_points() -> None:
+    names = allowed_plugins()
+    available: set[str] = set()
+    for ep, dist_name, version in _entry_points():
+        available |= {_normalize(ep.name), _normalize(dist_name)}
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        if names is not None and _normalize(ep.name) not in names and _normalize(dist_name) not in names:
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise RuntimeError(
+                f"the ddpm-hub plugin {ep.name!r} from distribution {dist_name!r} failed to import: {exc}. "
+                f"Reinstall or upgrade it (pip install -U {dist_name}), uninstall it, or leave it out with "
+                "DDPM_HUB_LOAD_PLUGINS"
+            ) from exc
+        try:
             pm.register(plugin, name=ep.name)
-            _plugin_dists[ep.name] = (dist_name, dist.version)
+        except pluggy.PluginValidationError as exc:
+            raise pluggy.PluginValidationError(
+                exc.plugin, f"the ddpm-hub plugin {ep.name!r} from distribution {dist_name!r} is invalid: {exc}"
+            ) from exc
+        _plugin_dists[ep.name] = (dist_name, version)
+    unknown = sorted((names or set()) - available)
+    if unknown:
+        warnings.warn(
+            f"DDPM_HUB_LOAD_PLUGINS names {', '.join(unknown)}, which no installed ddpm-hub plugin is called "
+            f"(installed: {', '.join(sorted(ep.name for ep, _, _ in _entry_points())) or 'none'})",
+            stacklevel=3,
+        )
 
 
 def load_plugins() -> pluggy.PluginManager:
-    """Register the built-ins and the installed plugins (once), and check that every hook is known."""
+    """Register the built-ins and the installed plugins (once), and check that every hook is known.
+
+    ``DDPM_HUB_LOAD_PLUGINS``, when set, is a comma-separated list of entry-point or distribution names
+    (``ddpm-hub-dit`` or ``dit``; ``-``/``_`` and case do not matter): only those installed plugins load,
+    and the empty string loads none. The built-ins always load. A plugin that implements a hook ddpm-hub does
+    not define (a misspelled ``register_schedule``) fails here, naming the plugin and the hook.
+    """
     _load_default_plugins()
     _load_entry_points()
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
+        name = pm.get_name(exc.plugin) or repr(exc.plugin)
+        dist = _plugin_dists.get(name, (None,))[0]
+        bad = sorted(
+            hook for hook, caller in vars(pm.hook).items()
+            if isinstance(caller, pluggy.HookCaller) and not caller.has_spec()
+            and any(impl.plugin is exc.plugin for impl in caller.get_hookimpls())
+        )
+        known = ", ".join("register_" + k for k in KINDS)
         raise pluggy.PluginValidationError(
             exc.plugin,
-            f"{exc}. ddpm-hub's hooks are: {', '.join('register_' + k for k in KINDS)} (see CONTRIBUTING.md)",
+            f"the ddpm-hub plugin {name!r}{f' (distribution {dist!r})' if dist else ''} implements "
+            f"{', '.join(repr(h) for h in bad)}, which is not a ddpm-hub hook (misspelled?). ddpm-hub's hooks are: "
+            f"{known} (see CONTRIBUTING.md)",
         ) from exc
     return pm
 
@@ -185,9 +253,14 @@ def _get(kind: str, name: str) -> Entry:
     registry = _registry(kind)
     if name not in registry:
         known = ", ".join(sorted(registry)) or "none"
+        restricted = os.environ.get("DDPM_HUB_LOAD_PLUGINS")
+        hint = (
+            f" DDPM_HUB_LOAD_PLUGINS={restricted!r} limits which installed plugins load."
+            if restricted is not None else ""
+        )
         raise ValueError(
             f"unknown {kind[:-1]} {name!r}; registered {kind}: {known}. A {kind[:-1]} from a plugin needs that "
-            "plugin installed (see `ddpm-hub plugins --all`)"
+            f"plugin installed (see `ddpm-hub plugins --all`).{hint}"
         )
     return registry[name]
 

@@ -26,12 +26,17 @@ DIFFUSERS_SCHEDULES = {"linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"
 
 
 def _diffusers_config(config: dict[str, Any], betas: torch.Tensor) -> dict[str, Any]:
-    """A config any diffusers scheduler accepts; schedules diffusers does not know travel as trained_betas."""
+    """A config any diffusers scheduler accepts; schedules diffusers does not compute travel as trained_betas.
+
+    A ddpm-hub scheduler's ``beta_schedule`` names an entry of ddpm-hub's registry, which may share a name
+    with a different diffusers schedule (diffusers' ``sigmoid`` is GeoDiff's, the plugin's is Chen 2023's),
+    so only ``linear`` (the same formula, with the resolved range in the config) is left to diffusers.
+    """
+    from_ddpm_hub = config.get("_class_name") == DDPMHubScheduler.__name__
     config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-    if (
-        config.get("trained_betas") is None
-        and config.get("beta_schedule", "linear") not in DIFFUSERS_SCHEDULES
-    ):
+    schedule = config.get("beta_schedule", "linear")
+    foreign = schedule != "linear" if from_ddpm_hub else schedule not in DIFFUSERS_SCHEDULES
+    if config.get("trained_betas") is None and foreign:
         config["trained_betas"] = betas.tolist()
     return config
 
