@@ -56,7 +56,9 @@ def cosine(
     return betas_from_alpha_bar(cosine_alpha_bar(t, s), max_beta)
 
 
-def sigmoid_alpha_bar(t: torch.Tensor, start: float = -3.0, end: float = 3.0, tau: float = 1.0) -> torch.Tensor:
+def sigmoid_alpha_bar(
+    t: torch.Tensor, start: float = -3.0, end: float = 3.0, tau: float = 1.0
+) -> torch.Tensor:
     """Chen 2023, "On the Importance of Noise Scheduling for Diffusion Models", Algorithm 1 (``sigmoid_schedule``).
 
     ``(sigmoid(end / tau) - sigmoid((t * (end - start) + start) / tau)) / (sigmoid(end / tau) - sigmoid(start / tau))``
@@ -83,7 +85,9 @@ def sigmoid(
     ``beta_start`` / ``beta_end`` are ignored.
     """
     if not end > start or tau <= 0:
-        raise ValueError(f"sigmoid schedule needs end > start and tau > 0, got start={start}, end={end}, tau={tau}")
+        raise ValueError(
+            f"sigmoid schedule needs end > start and tau > 0, got start={start}, end={end}, tau={tau}"
+        )
     t = torch.arange(num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps
     return betas_from_alpha_bar(sigmoid_alpha_bar(t, start, end, tau), max_beta)
 

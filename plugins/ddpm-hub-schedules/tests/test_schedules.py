@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
+from ddpm_hub_schedules import cosine, cosine_alpha_bar, sigmoid
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.schedulers.scheduling_ddpm import betas_for_alpha_bar
 
 from ddpm_hub import DDPMHubScheduler, make_sampler, plugins
 from ddpm_hub.schedules import check_betas
-from ddpm_hub_schedules import cosine, cosine_alpha_bar, sigmoid
 
 ANY_T = [1, 2, 7, 100, 512, 1000, 4000]
 
@@ -42,7 +42,9 @@ def chen_betas(T, start=-3.0, end=3.0, tau=1.0):
 def test_cosine_matches_the_published_formula_for_any_T(T):
     betas = cosine(T)
     assert betas.dtype == torch.float64 and betas.shape == (T,)
-    torch.testing.assert_close(betas, torch.tensor(nichol_dhariwal_betas(T), dtype=torch.float64), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(
+        betas, torch.tensor(nichol_dhariwal_betas(T), dtype=torch.float64), rtol=1e-12, atol=1e-15
+    )
     check_betas(betas, "cosine")
     assert betas[-1] == 0.999  # alpha_bar(1) = 0, so the last beta is the clip
     assert (betas <= 0.999).all()
@@ -51,7 +53,9 @@ def test_cosine_matches_the_published_formula_for_any_T(T):
 @pytest.mark.parametrize("T", [2, 7, 512, 1000])
 def test_cosine_equals_diffusers_squaredcos_cap_v2(T):
     ours = cosine(T)
-    torch.testing.assert_close(ours.float(), betas_for_alpha_bar(T, alpha_transform_type="cosine"), rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(
+        ours.float(), betas_for_alpha_bar(T, alpha_transform_type="cosine"), rtol=2e-6, atol=1e-7
+    )
     diffusers_ddpm = DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2")
     torch.testing.assert_close(ours.float(), diffusers_ddpm.betas, rtol=2e-6, atol=1e-7)
 
@@ -83,7 +87,9 @@ def test_sigmoid_matches_chen_2023_algorithm_1_for_any_T(T):
 
 def test_sigmoid_tau_and_bad_parameters():
     steeper = sigmoid(512, tau=0.7)
-    torch.testing.assert_close(steeper, torch.tensor(chen_betas(512, tau=0.7), dtype=torch.float64), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        steeper, torch.tensor(chen_betas(512, tau=0.7), dtype=torch.float64), rtol=1e-9, atol=1e-12
+    )
     assert not torch.allclose(steeper, sigmoid(512))
     with pytest.raises(ValueError, match="end > start"):
         sigmoid(512, start=3, end=-3)
@@ -109,7 +115,9 @@ def test_scheduler_and_samplers_use_the_plugin_betas(name, fn):
     for sampler in ("ddim", "dpm-solver++"):
         built = make_sampler(sampler, scheduler)
         # float32 inside diffusers' schedulers
-        torch.testing.assert_close(built.alphas_cumprod.double(), scheduler.alphas_cumprod, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            built.alphas_cumprod.double(), scheduler.alphas_cumprod, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_sigmoid_is_not_diffusers_geodiff_sigmoid():
@@ -128,4 +136,6 @@ def test_cosine_forward_process_matches_diffusers():
     g = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(4, 1, 8, 8, generator=g), torch.randn(4, 1, 8, 8, generator=g)
     t = torch.tensor([0, 10, 500, 999])
-    torch.testing.assert_close(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t), rtol=1e-4, atol=1e-5
+    )
