@@ -42,6 +42,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_plugins(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plugins", help="list the installed plugins (JSON): distribution, version, hooks, names")
+    p.add_argument("--all", action="store_true", help="include ddpm-hub's built-in plugins")
+    p.set_defaults(func=cmd_plugins)
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    import json
+
+    from .plugins import plugin_info
+
+    print(json.dumps(plugin_info(include_builtins=args.all), indent=2))
+    return 0
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -64,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddpm-hub", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ddpm-hub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_sample, _add_train):
+    for add in (_add_sample, _add_train, _add_plugins):
         add(sub)
     return parser
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,17 @@ class DDPMHubPipeline(DiffusionPipeline):
     def __init__(self, unet, scheduler):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
+        """``DiffusionPipeline.save_pretrained``, recording in model_index.json what the pipeline needs.
+
+        ``_ddpm_hub_requires`` maps ``unet`` to the distribution and version that provided the backbone (and
+        its registered name) and ``scheduler`` to the one that provided its ``beta_schedule``, so that
+        ``load_pipeline`` can name the plugin to install where it is missing. diffusers ignores config keys
+        that start with ``_`` when loading, so the folder stays loadable by ``DiffusionPipeline.from_pretrained``.
+        """
+        self.register_to_config(_ddpm_hub_requires=pipeline_requirements(self.unet, self.scheduler))
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -152,32 +164,86 @@ def _pipeline_folder(path: Path) -> Path:
     )
 
 
+def pipeline_requirements(unet: Any, scheduler: Any) -> dict[str, dict[str, Any]]:
+    """What ``_ddpm_hub_requires`` records: for ``unet`` and ``scheduler``, the providing distribution and version.
+
+    ``unet``: the distribution of the registered backbone (with its registry name under ``backbone``), or of
+    the module that defines the class when it is not registered. ``scheduler``: for a ddpm-hub scheduler
+    whose betas come from a named schedule, the distribution of that schedule (``beta_schedule``); otherwise
+    the distribution of the scheduler class.
+    """
+    from .plugins import backbone_name_of, distribution_of, get_schedules
+
+    requires: dict[str, dict[str, Any]] = {}
+    cls = type(unet)
+    entry = backbone_name_of(cls)
+    if entry is not None:
+        requires["unet"] = {"distribution": entry.distribution, "version": entry.version, "backbone": entry.name}
+    elif (found := distribution_of(cls)) is not None:
+        requires["unet"] = {"distribution": found[0], "version": found[1]}
+    config = scheduler.config
+    schedule = config.get("beta_schedule")
+    schedules = get_schedules()
+    if type(scheduler).__name__ == "DDPMHubScheduler" and config.get("trained_betas") is None and schedule in schedules:
+        entry = schedules[schedule]
+        requires["scheduler"] = {"distribution": entry.distribution, "version": entry.version, "beta_schedule": schedule}
+    elif (found := distribution_of(type(scheduler))) is not None:
+        requires["scheduler"] = {"distribution": found[0], "version": found[1]}
+    return requires
+
+
+def _missing_plugin_message(what: str, requirement: dict[str, Any], fallback: str) -> str:
+    """The sentence that says which distribution to install (or allow) for ``what``."""
+    import importlib.metadata
+
+    from .plugins import _normalize, allowed_plugins
+
+    dist = requirement.get("distribution") or fallback
+    version = requirement.get("version")
+    saved = f" (saved with version {version})" if version else ""
+    try:
+        importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        pin = f"=={version}" if version else ""
+        return f"{what} is provided by the distribution {dist!r}{saved}, which is not installed: pip install {dist}{pin}"
+    allowed = allowed_plugins()
+    if allowed is not None and _normalize(dist) not in allowed:
+        return (
+            f"{what} is provided by the distribution {dist!r}{saved}, which is installed but not loaded because "
+            f"DDPM_HUB_LOAD_PLUGINS={os.environ['DDPM_HUB_LOAD_PLUGINS']!r} leaves it out: add {dist} to it"
+        )
+    return (
+        f"{what} is provided by the distribution {dist!r}{saved}, which is installed but does not provide it; "
+        f"upgrade it: pip install -U {dist}"
+    )
+
+
 def check_pipeline_folder(folder: Path) -> dict[str, Any]:
     """Check that a pipeline folder is complete and loadable safely; return its model_index.json.
 
     Raises a clear error when a component folder or its safetensors weights are missing, when the weights
-    exist only as pickle files (never loaded), or when a component's library (a plugin) is not installed.
+    exist only as pickle files (never loaded), or when a component's library or the scheduler's
+    ``beta_schedule`` (a plugin) is not installed or not loaded (``MissingPluginError``, naming the
+    distribution recorded in ``_ddpm_hub_requires``).
     """
+    from .plugins import MissingPluginError, get_schedules
+
     index = json.loads((folder / "model_index.json").read_text())
-    requires = index.get("_ddpm_hub_requires", {})
+    requires = index.get("_ddpm_hub_requires") or {}
     for name in ("unet", "scheduler"):
         if name not in index:
             raise ValueError(
                 f"{folder / 'model_index.json'} has no {name!r} component; this is not a DDPM pipeline"
             )
         library, class_name = index[name]
+        what = f"this checkpoint's {name} ({library}.{class_name})"
         try:
             module = importlib.import_module(library)
         except ImportError as exc:
-            dist = requires.get(name, {}).get("distribution", library.replace("_", "-"))
-            version = requires.get(name, {}).get("version")
-            raise ImportError(
-                f"this checkpoint's {name} is {library}.{class_name}, provided by the distribution {dist!r}"
-                f"{f' (saved with version {version})' if version else ''}, which is not installed: "
-                f"pip install {dist}"
-            ) from exc
+            message = _missing_plugin_message(what, requires.get(name, {}), library.replace("_", "-"))
+            raise MissingPluginError(message, name=library) from exc
         if not hasattr(module, class_name):
-            raise ImportError(
+            raise MissingPluginError(
                 f"this checkpoint's {name} is {library}.{class_name}, but the installed {library} has no "
                 f"{class_name}; upgrade it"
             )
@@ -196,10 +262,22 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
                 "(load it, then save_pretrained(..., safe_serialization=True))"
             )
         raise FileNotFoundError(f"incomplete pipeline folder {folder}: unet/ has no .safetensors weights")
-    if not list((folder / "scheduler").glob("scheduler_config.json")):
-        raise FileNotFoundError(
-            f"incomplete pipeline folder {folder}: scheduler/scheduler_config.json is missing"
-        )
+    scheduler_config = folder / "scheduler" / "scheduler_config.json"
+    if not scheduler_config.is_file():
+        raise FileNotFoundError(f"incomplete pipeline folder {folder}: scheduler/scheduler_config.json is missing")
+    if index["scheduler"][1] == "DDPMHubScheduler":
+        config = json.loads(scheduler_config.read_text())
+        schedule = config.get("beta_schedule", "linear")
+        if config.get("trained_betas") is None and schedule not in get_schedules():
+            requirement = requires.get("scheduler", {})
+            if requirement.get("beta_schedule") not in (None, schedule):
+                requirement = {}
+            fallback = "the plugin that registers it (see `ddpm-hub plugins --all`)"
+            if requirement:
+                message = _missing_plugin_message(f"this checkpoint's beta_schedule {schedule!r}", requirement, "")
+            else:
+                message = f"this checkpoint's beta_schedule {schedule!r} is not registered; install {fallback}"
+            raise MissingPluginError(message)
     return index
 
 
