@@ -47,7 +47,7 @@ def register_backbones(register):
     where ``cls`` is a ``diffusers.ModelMixin`` + ``ConfigMixin`` class whose ``forward(sample,
     timestep, return_dict=True)`` returns an object with ``.sample`` of the input's shape (with
     ``out_channels`` channels), and whose config has ``sample_size``, ``in_channels`` and
-    ``out_channels``. ``cls`` must be importable as an attribute of its top-level module so that a saved
-    pipeline folder can name it. The name is what ``backbone`` in a training config refers to. The
-    return value of the hook is ignored.
+    ``out_channels``. A saved pipeline folder names ``cls`` by its module (``cls.__module__``) and class
+    name, so define it in an importable module of the plugin's package (and export it at the top level).
+    The name is what ``backbone`` in a training config refers to. The return value of the hook is ignored.
     """

@@ -124,7 +124,10 @@ class DDPMHubPipeline(DiffusionPipeline):
 
         # Seed, "Reverse loop": for ts in range(0, T)[::-1]
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
-            model_output = self.unet(scheduler.scale_model_input(image, t), t).sample
+            model_output = self.unet(scheduler.scale_model_input(image, t), t)
+            if i == 0:
+                check_backbone_output(self.unet, model_output, image)
+            model_output = model_output.sample
             out = scheduler.step(model_output, t, image, generator=generator)
             if callback_on_step_end is not None:
                 x0 = getattr(out, "pred_original_sample", None)
@@ -149,6 +152,24 @@ class DDPMHubPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+
+def check_backbone_output(unet: Any, output: Any, sample: torch.Tensor) -> None:
+    """Raise a clear error when a backbone's forward breaks the contract (``.sample`` of the input's B, H, W)."""
+    name = type(unet).__name__
+    result = getattr(output, "sample", None)
+    if not isinstance(result, torch.Tensor):
+        raise TypeError(
+            f"the backbone {name} returned {type(output).__name__} from forward(sample, timestep); a backbone must "
+            "return an object with a .sample tensor (a diffusers BaseOutput; see the backbone contract in "
+            "CONTRIBUTING.md)"
+        )
+    B, _, H, W = sample.shape
+    if result.ndim != 4 or result.shape[0] != B or tuple(result.shape[-2:]) != (H, W):
+        raise ValueError(
+            f"the backbone {name} returned .sample of shape {tuple(result.shape)} for input {tuple(sample.shape)}; a "
+            f"backbone must return (batch, out_channels, H, W) = ({B}, out_channels, {H}, {W}) (see CONTRIBUTING.md)"
+        )
 
 
 def _pipeline_folder(path: Path) -> Path:
@@ -240,7 +261,7 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
         try:
             module = importlib.import_module(library)
         except ImportError as exc:
-            message = _missing_plugin_message(what, requires.get(name, {}), library.replace("_", "-"))
+            message = _missing_plugin_message(what, requires.get(name, {}), library.split(".")[0].replace("_", "-"))
             raise MissingPluginError(message, name=library) from exc
         if not hasattr(module, class_name):
             raise MissingPluginError(

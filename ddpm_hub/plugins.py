@@ -134,6 +134,8 @@ def _load_entry_points() -> None:
         try:
             pm.register(plugin, name=ep.name)
         except pluggy.PluginValidationError as exc:
+            if pm.get_plugin(ep.name) is not None:  # pluggy leaves it half-registered
+                pm.unregister(name=ep.name)
             raise pluggy.PluginValidationError(
                 exc.plugin, f"the ddpm-hub plugin {ep.name!r} from distribution {dist_name!r} is invalid: {exc}"
             ) from exc
@@ -182,7 +184,7 @@ def _collect() -> dict[str, dict[str, Entry]]:
     registries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
     for kind in KINDS:
         caller = getattr(pm.hook, f"register_{kind}")
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in caller.get_hookimpls():  # registration order: built-ins first
             plugin_name = impl.plugin_name
             dist, version = _plugin_dists.get(plugin_name, (plugin_name, "unknown"))
 
