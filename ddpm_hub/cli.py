@@ -43,7 +43,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _add_plugins(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plugins", help="list the installed plugins (JSON): distribution, version, hooks, names")
+    p = sub.add_parser(
+        "plugins", help="list the installed plugins (JSON): distribution, version, hooks, names"
+    )
     p.add_argument("--all", action="store_true", help="include ddpm-hub's built-in plugins")
     p.set_defaults(func=cmd_plugins)
 

@@ -199,15 +199,27 @@ def pipeline_requirements(unet: Any, scheduler: Any) -> dict[str, dict[str, Any]
     cls = type(unet)
     entry = backbone_name_of(cls)
     if entry is not None:
-        requires["unet"] = {"distribution": entry.distribution, "version": entry.version, "backbone": entry.name}
+        requires["unet"] = {
+            "distribution": entry.distribution,
+            "version": entry.version,
+            "backbone": entry.name,
+        }
     elif (found := distribution_of(cls)) is not None:
         requires["unet"] = {"distribution": found[0], "version": found[1]}
     config = scheduler.config
     schedule = config.get("beta_schedule")
     schedules = get_schedules()
-    if type(scheduler).__name__ == "DDPMHubScheduler" and config.get("trained_betas") is None and schedule in schedules:
+    if (
+        type(scheduler).__name__ == "DDPMHubScheduler"
+        and config.get("trained_betas") is None
+        and schedule in schedules
+    ):
         entry = schedules[schedule]
-        requires["scheduler"] = {"distribution": entry.distribution, "version": entry.version, "beta_schedule": schedule}
+        requires["scheduler"] = {
+            "distribution": entry.distribution,
+            "version": entry.version,
+            "beta_schedule": schedule,
+        }
     elif (found := distribution_of(type(scheduler))) is not None:
         requires["scheduler"] = {"distribution": found[0], "version": found[1]}
     return requires
@@ -261,7 +273,9 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
         try:
             module = importlib.import_module(library)
         except ImportError as exc:
-            message = _missing_plugin_message(what, requires.get(name, {}), library.split(".")[0].replace("_", "-"))
+            message = _missing_plugin_message(
+                what, requires.get(name, {}), library.split(".")[0].replace("_", "-")
+            )
             raise MissingPluginError(message, name=library) from exc
         if not hasattr(module, class_name):
             raise MissingPluginError(
@@ -285,7 +299,9 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"incomplete pipeline folder {folder}: unet/ has no .safetensors weights")
     scheduler_config = folder / "scheduler" / "scheduler_config.json"
     if not scheduler_config.is_file():
-        raise FileNotFoundError(f"incomplete pipeline folder {folder}: scheduler/scheduler_config.json is missing")
+        raise FileNotFoundError(
+            f"incomplete pipeline folder {folder}: scheduler/scheduler_config.json is missing"
+        )
     if index["scheduler"][1] == "DDPMHubScheduler":
         config = json.loads(scheduler_config.read_text())
         schedule = config.get("beta_schedule", "linear")
@@ -295,9 +311,13 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
                 requirement = {}
             fallback = "the plugin that registers it (see `ddpm-hub plugins --all`)"
             if requirement:
-                message = _missing_plugin_message(f"this checkpoint's beta_schedule {schedule!r}", requirement, "")
+                message = _missing_plugin_message(
+                    f"this checkpoint's beta_schedule {schedule!r}", requirement, ""
+                )
             else:
-                message = f"this checkpoint's beta_schedule {schedule!r} is not registered; install {fallback}"
+                message = (
+                    f"this checkpoint's beta_schedule {schedule!r} is not registered; install {fallback}"
+                )
             raise MissingPluginError(message)
     return index
 

@@ -22,9 +22,23 @@ import pluggy
 
 from . import hookspecs
 
-__all__ = ["Entry", "MissingPluginError", "pm", "get_schedules", "get_samplers", "get_backbones", "get_schedule",
-           "get_sampler", "get_backbone", "provider", "reset_registries", "plugin_info", "load_plugins",
-           "allowed_plugins", "distribution_of"]
+__all__ = [
+    "Entry",
+    "MissingPluginError",
+    "pm",
+    "get_schedules",
+    "get_samplers",
+    "get_backbones",
+    "get_schedule",
+    "get_sampler",
+    "get_backbone",
+    "provider",
+    "reset_registries",
+    "plugin_info",
+    "load_plugins",
+    "allowed_plugins",
+    "distribution_of",
+]
 
 ENTRY_POINT_GROUP = "ddpm_hub"
 DEFAULT_PLUGINS = ("ddpm_hub.schedules", "ddpm_hub.samplers", "ddpm_hub.models.unet")
@@ -137,7 +151,8 @@ def _load_entry_points() -> None:
             if pm.get_plugin(ep.name) is not None:  # pluggy leaves it half-registered
                 pm.unregister(name=ep.name)
             raise pluggy.PluginValidationError(
-                exc.plugin, f"the ddpm-hub plugin {ep.name!r} from distribution {dist_name!r} is invalid: {exc}"
+                exc.plugin,
+                f"the ddpm-hub plugin {ep.name!r} from distribution {dist_name!r} is invalid: {exc}",
             ) from exc
         _plugin_dists[ep.name] = (dist_name, version)
     unknown = sorted((names or set()) - available)
@@ -165,8 +180,10 @@ def load_plugins() -> pluggy.PluginManager:
         name = pm.get_name(exc.plugin) or repr(exc.plugin)
         dist = _plugin_dists.get(name, (None,))[0]
         bad = sorted(
-            hook for hook, caller in vars(pm.hook).items()
-            if isinstance(caller, pluggy.HookCaller) and not caller.has_spec()
+            hook
+            for hook, caller in vars(pm.hook).items()
+            if isinstance(caller, pluggy.HookCaller)
+            and not caller.has_spec()
             and any(impl.plugin is exc.plugin for impl in caller.get_hookimpls())
         )
         known = ", ".join("register_" + k for k in KINDS)
@@ -258,7 +275,8 @@ def _get(kind: str, name: str) -> Entry:
         restricted = os.environ.get("DDPM_HUB_LOAD_PLUGINS")
         hint = (
             f" DDPM_HUB_LOAD_PLUGINS={restricted!r} limits which installed plugins load."
-            if restricted is not None else ""
+            if restricted is not None
+            else ""
         )
         raise ValueError(
             f"unknown {kind[:-1]} {name!r}; registered {kind}: {known}. A {kind[:-1]} from a plugin needs that "
