@@ -75,13 +75,62 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train_main(args.rest)
 
 
+def _add_space(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("space", help="run the Gradio Space (spaces/app.py) locally")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="default model: a pipeline or run folder, or a Hub repo id (default: the bundled one)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 to serve a network)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument(
+        "--allow-local-paths",
+        action="store_true",
+        default=None,
+        help="let visitors load folders on this machine (also DDPM_HUB_SPACE_ALLOW_LOCAL=1); off by default",
+    )
+    p.set_defaults(func=cmd_space)
+
+
+def space_app_path() -> Path:
+    """spaces/app.py of this source checkout (the Space is not part of the installed package)."""
+    return Path(__file__).resolve().parent.parent / "spaces" / "app.py"
+
+
+def cmd_space(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise SystemExit("the Space needs gradio: pip install 'ddpm-hub[space]'") from None
+    app_path = space_app_path()
+    if not app_path.is_file():
+        raise SystemExit(
+            f"no Space at {app_path}: `ddpm-hub space` runs spaces/app.py from a ddpm-hub source checkout "
+            "(git clone, then pip install -e '.[space]')"
+        )
+    spec = importlib.util.spec_from_file_location("ddpm_hub_space_app", app_path)
+    app = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = app  # dataclasses look their module up there
+    spec.loader.exec_module(app)
+    argv = ["--host", args.host, "--port", str(args.port)]
+    if args.model:
+        argv += ["--model", args.model]
+    if args.allow_local_paths:
+        argv.append("--allow-local-paths")
+    app.main(argv)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="ddpm-hub", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ddpm-hub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_sample, _add_train, _add_plugins):
+    for add in (_add_sample, _add_train, _add_plugins, _add_space):
         add(sub)
     return parser
 

@@ -38,3 +38,51 @@ def tiny_unet_kwargs():
         dropout=0.0,
         norm_num_groups=8,
     )
+
+
+# --- the Space (spaces/app.py): loaded from its file, since it is not part of the package --------------
+
+
+@pytest.fixture(scope="session")
+def space_app():
+    """spaces/app.py as a module."""
+    pytest.importorskip("gradio")
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "spaces" / "app.py"
+    spec = importlib.util.spec_from_file_location("ddpm_hub_space_app", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def launch_space(space_app):
+    """Launch ``build_demo(**kwargs)`` in-process on 127.0.0.1 and a free port; returns its URL. Closed at exit."""
+    import socket
+
+    demos = []
+
+    def launch(**kwargs) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        demo = space_app.build_demo(**kwargs)
+        demo.launch(
+            server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, share=False
+        )
+        demos.append(demo)
+        return f"http://127.0.0.1:{port}/"
+
+    yield launch
+    for demo in demos:
+        demo.close()
+
+
+@pytest.fixture(scope="session")
+def space_url(launch_space):
+    """The Space with its defaults (bundled model, local paths refused)."""
+    return launch_space(allow_local_paths=False)
