@@ -589,13 +589,16 @@ def build_demo(
             api_visibility="private",
         )
         sampler.change(_on_sampler_change, [model, revision, sampler], [steps], api_visibility="private")
-        # The schedule endpoint for API users, and the Explain tab's initial state on page load.
+        # The schedule endpoint for API users; on page load, the sliders and plots follow the default model.
         schedule_api = gr.Button(visible=False)
         schedule_api.click(
             _schedule, [model, revision], [beta_plot, curves_plot, schedule_summary], api_name="schedule"
         )
         demo.load(
-            _schedule, [model, revision], [beta_plot, curves_plot, schedule_summary], api_visibility="private"
+            _on_model_change,
+            [model, revision, sampler, t_slider],
+            [steps, t_slider, beta_plot, curves_plot, schedule_summary],
+            api_visibility="private",
         )
         demo.load(_forward, forward_inputs, [forward_image, forward_summary], api_visibility="private")
 
