@@ -228,3 +228,39 @@ def test_cli_space_serves_the_app(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_model_from_the_loopback_hub(request, client, space_app):
+    """A model pushed to the (loopback) Hub loads by repo id and revision; Hub errors read as messages."""
+    try:
+        hub = request.getfixturevalue("hub_server")
+    except pytest.FixtureLookupError:
+        pytest.skip("needs the hub_server fixture of tests/hub_server.py (the Hub issue)")
+    import uuid
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.url, token=hub.token)
+    repo_id = f"{hub.user}/space-model-{uuid.uuid4().hex[:8]}"
+    api.create_repo(repo_id)
+    commit = api.upload_folder(folder_path=space_app.DEFAULT_MODEL_DIR, repo_id=repo_id)
+    grid, singles, _, summary = _generate(client, model=repo_id)
+    assert len(singles) == 2 and repo_id in summary
+    local = _generate(client)[0]
+    assert np.array_equal(_pixels(grid), _pixels(local))  # the same weights give the same images
+    _, singles, _, summary = _generate(client, model=repo_id, revision=commit.oid)
+    assert len(singles) == 2 and f"{repo_id}@{commit.oid}" in summary
+
+    assert "no model repo" in _error(client, model=f"{hub.user}/no-such-model-{uuid.uuid4().hex[:8]}")
+    assert "has no revision 'no-such-branch'" in _error(client, model=repo_id, revision="no-such-branch")
+
+    needs_plugin = f"{hub.user}/space-needs-plugin-{uuid.uuid4().hex[:8]}"
+    api.create_repo(needs_plugin)
+    api.upload_folder(folder_path=space_app.DEFAULT_MODEL_DIR, repo_id=needs_plugin)
+    index = json.loads((space_app.DEFAULT_MODEL_DIR / "model_index.json").read_text())
+    index["unet"] = ["ddpm_hub_missing_plugin_for_tests", "MissingNet"]
+    index["_ddpm_hub_requires"] = {"unet": {"distribution": "ddpm-hub-missing-plugin", "version": "0.3.0"}}
+    api.upload_file(
+        path_or_fileobj=json.dumps(index).encode(), path_in_repo="model_index.json", repo_id=needs_plugin
+    )
+    assert "pip install ddpm-hub-missing-plugin" in _error(client, model=needs_plugin)
