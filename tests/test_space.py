@@ -264,3 +264,27 @@ def test_model_from_the_loopback_hub(request, client, space_app):
         path_or_fileobj=json.dumps(index).encode(), path_in_repo="model_index.json", repo_id=needs_plugin
     )
     assert "pip install ddpm-hub-missing-plugin" in _error(client, model=needs_plugin)
+
+
+def test_space_readme_front_matter_matches_the_app(space_app):
+    import gradio
+    import yaml
+
+    readme = (space_app.DEFAULT_MODEL_DIR.parent / "README.md").read_text()
+    assert readme.startswith("---\n")
+    meta = yaml.safe_load(readme.split("---\n")[1])
+    for key in ("title", "emoji", "colorFrom", "colorTo", "short_description", "license"):
+        assert meta.get(key), key
+    assert meta["sdk"] == "gradio" and meta["sdk_version"] == gradio.__version__
+    assert (space_app.DEFAULT_MODEL_DIR.parent / meta["app_file"]).is_file()
+    assert len(meta["short_description"]) <= 60  # the Hub's limit
+
+
+def test_bundled_default_model_is_small_safetensors_with_a_card(space_app):
+    folder = space_app.DEFAULT_MODEL_DIR
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 10 * 1024 * 1024
+    assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
+    assert list((folder / "unet").glob("*.safetensors"))
+    T = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"]
+    assert f"T={T}" in (folder / "README.md").read_text()  # the card says how the model was made
