@@ -37,6 +37,7 @@ import torch
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
+    HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
@@ -174,6 +175,8 @@ def load_model(ref: ModelRef) -> ddpm_hub.DDPMHubPipeline:
             f"could not download {ref} from the Hub: the Hub cannot be reached from this server (offline, or "
             "no network) and the repo is not in its cache. Use the default model, or try again later"
         ) from exc
+    except HfHubHTTPError as exc:
+        raise gr.Error(f"the Hub answered with an error for {ref}: {exc}. Try again later") from exc
     except ImportError as exc:  # a component from a plugin that is not installed: the message names it
         raise gr.Error(f"{ref} needs a plugin that this Space does not have: {exc}") from exc
     except (FileNotFoundError, ValueError, OSError) as exc:
