@@ -78,7 +78,11 @@ class Blob:
     def lfs(self) -> dict | None:
         if self.lfs_sha256 is None:
             return None
-        return {"oid": self.lfs_sha256, "size": self.size, "pointerSize": len(lfs_pointer(self.lfs_sha256, self.size))}
+        return {
+            "oid": self.lfs_sha256,
+            "size": self.size,
+            "pointerSize": len(lfs_pointer(self.lfs_sha256, self.size)),
+        }
 
     @property
     def etag(self) -> str:
@@ -109,9 +113,9 @@ class Repo:
 class HubError(Exception):
     """An HTTP error answer: status, message, and the ``X-Error-Code`` huggingface_hub dispatches on."""
 
-    def __init__(self, status: int, message: str, code: str | None = None):
+    def __init__(self, status: int, message: str, code: str | None = None, **extra):
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.extra = status, message, code, extra
 
 
 class HubState:
@@ -125,21 +129,37 @@ class HubState:
         self._counter = 0
 
     # -- repos and revisions -------------------------------------------------------------------------
-    def new_commit(self, repo: Repo, parent: str | None, files: dict[str, Blob], title: str, message: str = "") -> str:
+    def new_commit(
+        self, repo: Repo, parent: str | None, files: dict[str, Blob], title: str, message: str = ""
+    ) -> str:
         self._counter += 1
         payload = json.dumps(
-            [repo.repo_id, parent, sorted((p, b.git_oid) for p, b in files.items()), title, message, self._counter]
+            [
+                repo.repo_id,
+                parent,
+                sorted((p, b.git_oid) for p, b in files.items()),
+                title,
+                message,
+                self._counter,
+            ]
         )
         sha = hashlib.sha1(payload.encode()).hexdigest()
         repo.commits[sha] = Commit(sha, parent, dict(files), title, message, time.time())
         return sha
 
-    def create_repo(self, repo_type: str, repo_id: str, private: bool) -> Repo:
+    def create_repo(self, repo_type: str, repo_id: str, private: bool, url: str) -> Repo:
         with self.lock:
-            if (repo_type, repo_id) in self.repos:
-                raise HubError(409, "You already created this model repo")
+            if (
+                repo_type,
+                repo_id,
+            ) in self.repos:  # the Hub's 409 names the repo's url (create_repo reads it)
+                raise HubError(409, f"You already created this {repo_type} repo", url=url)
             repo = Repo(repo_type, repo_id, private)
-            files = {".gitattributes": Blob(len(GITATTRIBUTES), git_blob_sha1(GITATTRIBUTES), content=GITATTRIBUTES)}
+            files = {
+                ".gitattributes": Blob(
+                    len(GITATTRIBUTES), git_blob_sha1(GITATTRIBUTES), content=GITATTRIBUTES
+                )
+            }
             repo.branches["main"] = self.new_commit(repo, None, files, "initial commit")
             self.repos[(repo_type, repo_id)] = repo
             return repo
@@ -230,7 +250,9 @@ class HubHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, content_type: str | None = None):
+    def _send(
+        self, status: int, body: bytes = b"", headers: dict | None = None, content_type: str | None = None
+    ):
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, str(value))
@@ -255,7 +277,7 @@ class HubHandler(BaseHTTPRequestHandler):
         if self.command == "HEAD":  # never a body on a HEAD answer
             self._send(err.status, headers=headers)
         else:
-            self._json(err.status, {"error": err.message}, headers)
+            self._json(err.status, {"error": err.message, **err.extra}, headers)
 
     def _user(self) -> str | None:
         auth = self.headers.get("Authorization", "")
@@ -356,11 +378,17 @@ class HubHandler(BaseHTTPRequestHandler):
         user = self._user()
         if user is None:
             raise HubError(401, "Invalid credentials in Authorization header")
-        self._json(200, {
-            "type": "user", "id": "0" * 24, "name": user, "fullname": "ddpm-hub tester",
-            "orgs": [{"type": "org", "name": org} for org in TEST_ORGS],
-            "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": "write"}},
-        })
+        self._json(
+            200,
+            {
+                "type": "user",
+                "id": "0" * 24,
+                "name": user,
+                "fullname": "ddpm-hub tester",
+                "orgs": [{"type": "org", "name": org} for org in TEST_ORGS],
+                "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": "write"}},
+            },
+        )
 
     def create_repo(self):
         user = self._write_user()
@@ -372,8 +400,9 @@ class HubHandler(BaseHTTPRequestHandler):
             raise HubError(403, f"You don't have the rights to create a repo under {org}")
         repo_type = payload.get("type") or "model"
         private = payload.get("visibility", "private" if payload.get("private") else "public") != "public"
-        repo = self.hub.state.create_repo(repo_type, f"{org}/{name}", private)
-        self._json(200, {"url": f"{self.hub.url}/{URL_PREFIXES[repo_type]}{repo.repo_id}", "name": repo.repo_id})
+        url = f"{self.hub.url}/{URL_PREFIXES[repo_type]}{org}/{name}"
+        repo = self.hub.state.create_repo(repo_type, f"{org}/{name}", private, url)
+        self._json(200, {"url": url, "name": repo.repo_id})
 
     def delete_repo(self):
         user = self._write_user()
@@ -403,15 +432,28 @@ class HubHandler(BaseHTTPRequestHandler):
             if self.query.get("blobs") in ("True", "true", "1"):
                 sibling.update(size=blob.size, blobId=blob.git_oid)
                 if blob.lfs:
-                    sibling["lfs"] = {"sha256": blob.lfs_sha256, "size": blob.size, "pointerSize": blob.lfs["pointerSize"]}
+                    sibling["lfs"] = {
+                        "sha256": blob.lfs_sha256,
+                        "size": blob.size,
+                        "pointerSize": blob.lfs["pointerSize"],
+                    }
             siblings.append(sibling)
         card = _card_metadata(commit.files.get("README.md"))
         iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(t))  # noqa: E731
         info = {
-            "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24], "id": repo.repo_id,
-            "author": repo.repo_id.split("/")[0], "sha": commit.sha, "private": repo.private, "gated": False,
-            "disabled": False, "downloads": 0, "likes": 0, "tags": list(card.get("tags") or []),
-            "createdAt": iso(repo.created), "lastModified": iso(commit.date), "siblings": siblings,
+            "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
+            "id": repo.repo_id,
+            "author": repo.repo_id.split("/")[0],
+            "sha": commit.sha,
+            "private": repo.private,
+            "gated": False,
+            "disabled": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": list(card.get("tags") or []),
+            "createdAt": iso(repo.created),
+            "lastModified": iso(commit.date),
+            "siblings": siblings,
         }
         if repo.repo_type == "model":
             info["modelId"] = repo.repo_id
@@ -431,13 +473,19 @@ class HubHandler(BaseHTTPRequestHandler):
         for file_path, blob in sorted(commit.files.items()):
             if not file_path.startswith(prefix):
                 continue
-            rest = file_path[len(prefix):].split("/")
+            rest = file_path[len(prefix) :].split("/")
             for depth in range(1, len(rest)):  # folders on the way
                 folder = prefix + "/".join(rest[:depth])
                 if folder not in seen:
                     seen.add(folder)
-                    entries.append({"type": "directory", "oid": hashlib.sha1(folder.encode()).hexdigest(),
-                                    "size": 0, "path": folder})
+                    entries.append(
+                        {
+                            "type": "directory",
+                            "oid": hashlib.sha1(folder.encode()).hexdigest(),
+                            "size": 0,
+                            "path": folder,
+                        }
+                    )
                 if not recursive:
                     break
             if len(rest) == 1 or recursive:
@@ -448,18 +496,31 @@ class HubHandler(BaseHTTPRequestHandler):
         self._json(200, entries)
 
     def refs(self, repo: Repo):
-        self._json(200, {
-            "branches": [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": s} for b, s in repo.branches.items()],
-            "tags": [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": s} for t, s in repo.tags.items()],
-            "converts": [],
-        })
+        self._json(
+            200,
+            {
+                "branches": [
+                    {"name": b, "ref": f"refs/heads/{b}", "targetCommit": s} for b, s in repo.branches.items()
+                ],
+                "tags": [
+                    {"name": t, "ref": f"refs/tags/{t}", "targetCommit": s} for t, s in repo.tags.items()
+                ],
+                "converts": [],
+            },
+        )
 
     def commits(self, repo: Repo, commit: Commit | None):
         out = []
         while commit is not None:
-            out.append({"id": commit.sha, "title": commit.title, "message": commit.message,
-                        "authors": [{"user": TEST_USER}],
-                        "date": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(commit.date))})
+            out.append(
+                {
+                    "id": commit.sha,
+                    "title": commit.title,
+                    "message": commit.message,
+                    "authors": [{"user": TEST_USER}],
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(commit.date)),
+                }
+            )
             commit = repo.commits.get(commit.parent) if commit.parent else None
         self._json(200, out)
 
@@ -472,8 +533,12 @@ class HubHandler(BaseHTTPRequestHandler):
             if blob is None:
                 raise HubError(404, "Entry not found", "EntryNotFound")
             data = blob.content if blob.content is not None else state.lfs[blob.lfs_sha256]
-        headers = {"X-Repo-Commit": commit.sha, "ETag": f'"{blob.etag}"', "Accept-Ranges": "bytes",
-                   "Content-Type": "application/octet-stream"}
+        headers = {
+            "X-Repo-Commit": commit.sha,
+            "ETag": f'"{blob.etag}"',
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
         if blob.lfs:
             headers.update({"X-Linked-Etag": f'"{blob.lfs_sha256}"', "X-Linked-Size": blob.size})
         status, rng = 200, self.headers.get("Range")
@@ -482,7 +547,7 @@ class HubHandler(BaseHTTPRequestHandler):
             if start >= len(data) and len(data) > 0:
                 raise HubError(416, "Requested range not satisfiable")
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-            data, status = data[start:end + 1], 206
+            data, status = data[start : end + 1], 206
         if self.command == "HEAD":
             headers["Content-Length"] = len(data)
             return self._send(status, headers=headers)
@@ -521,11 +586,19 @@ class HubHandler(BaseHTTPRequestHandler):
         for item in json.loads(self._body())["files"]:
             sample = base64.b64decode(item["sample"])
             path = item["path"]
-            lfs = (item["size"] > LFS_SIZE_THRESHOLD or b"\0" in sample
-                   or any(fnmatch.fnmatch(path.rsplit("/", 1)[-1], p) or fnmatch.fnmatch(path, p) for p in lfs_patterns))
+            lfs = (
+                item["size"] > LFS_SIZE_THRESHOLD
+                or b"\0" in sample
+                or any(
+                    fnmatch.fnmatch(path.rsplit("/", 1)[-1], p) or fnmatch.fnmatch(path, p)
+                    for p in lfs_patterns
+                )
+            )
             existing = files.get(path)
             oid = None if existing is None else (existing.lfs_sha256 if lfs else existing.git_oid)
-            out.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
+            out.append(
+                {"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+            )
         self._json(200, {"files": out, "commitOid": self.hub.state.resolve(repo, revision).sha})
 
     def lfs_batch(self, repo_type: str, repo_id: str):
@@ -543,10 +616,15 @@ class HubHandler(BaseHTTPRequestHandler):
         for obj in payload["objects"]:
             entry = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
             if obj["oid"] not in state.lfs:
-                entry["actions"] = {"upload": {"href": f"{self.hub.url}/lfs-upload/{obj['oid']}", "header": {}}}
+                entry["actions"] = {
+                    "upload": {"href": f"{self.hub.url}/lfs-upload/{obj['oid']}", "header": {}}
+                }
             objects.append(entry)
-        self._send(200, json.dumps({"transfer": "basic", "objects": objects, "hash_algo": "sha256"}).encode(),
-                   content_type="application/vnd.git-lfs+json")
+        self._send(
+            200,
+            json.dumps({"transfer": "basic", "objects": objects, "hash_algo": "sha256"}).encode(),
+            content_type="application/vnd.git-lfs+json",
+        )
 
     def lfs_upload(self, oid: str):
         data = self._body()
@@ -576,7 +654,9 @@ class HubHandler(BaseHTTPRequestHandler):
                 header = value
                 parent = value.get("parentCommit")
                 if parent and not head.sha.startswith(parent):
-                    raise HubError(412, f"A commit has happened since {parent}: the head of {revision} is {head.sha}")
+                    raise HubError(
+                        412, f"A commit has happened since {parent}: the head of {revision} is {head.sha}"
+                    )
             elif key == "file":
                 if value.get("encoding", "base64") != "base64":
                     raise HubError(400, f"unsupported encoding {value.get('encoding')}")
@@ -600,11 +680,21 @@ class HubHandler(BaseHTTPRequestHandler):
         if header is None:
             raise HubError(400, "the commit payload has no header line")
         with state.lock:
-            sha = state.new_commit(repo, head.sha, files, header.get("summary") or "", header.get("description") or "")
+            sha = state.new_commit(
+                repo, head.sha, files, header.get("summary") or "", header.get("description") or ""
+            )
             repo.branches[revision] = sha
         prefix = URL_PREFIXES[repo.repo_type]
-        self._json(200, {"success": True, "commitOid": sha, "commitUrl": f"{self.hub.url}/{prefix}{repo.repo_id}/commit/{sha}",
-                         "commitMessage": header.get("summary"), "pullRequestUrl": None})
+        self._json(
+            200,
+            {
+                "success": True,
+                "commitOid": sha,
+                "commitUrl": f"{self.hub.url}/{prefix}{repo.repo_id}/commit/{sha}",
+                "commitMessage": header.get("summary"),
+                "pullRequestUrl": None,
+            },
+        )
 
 
 def _folders(files: dict[str, Blob]) -> set[str]:
