@@ -28,7 +28,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.num_images < 1:
         raise SystemExit(f"--num-images must be at least 1, got {args.num_images}")
-    pipe = load_pipeline(args.model, revision=args.revision)
+    from .hub import HubLoadError
+
+    try:
+        pipe = load_pipeline(args.model, revision=args.revision)
+    except HubLoadError as exc:
+        raise SystemExit(f"ddpm-hub sample: error: {exc}") from exc
     images = pipe(
         batch_size=args.num_images,
         generator=torch.Generator(device="cpu").manual_seed(args.seed),
@@ -93,10 +98,13 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import push
+    from .hub import HubPushError, push
 
-    info = push(args.path, args.repo_id, private=args.private, revision=args.revision,
-                commit_message=args.commit_message, token=args.token, license=args.license)
+    try:
+        info = push(args.path, args.repo_id, private=args.private, revision=args.revision,
+                    commit_message=args.commit_message, token=args.token, license=args.license)
+    except (HubPushError, ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"ddpm-hub push: error: {exc}") from exc
     print(f"pushed {args.path} to {args.repo_id}" + (f" ({args.revision})" if args.revision else ""))
     print(f"commit {info.oid}: {info.commit_url}")
     return 0

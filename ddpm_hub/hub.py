@@ -46,10 +46,16 @@ PULL_PATTERNS = ["*.safetensors", "*.json", "*.md", "*.png"]
 #: run-folder files that travel with the pipeline (the card shows them)
 RUN_IMAGES = ("samples.png", "loss.png")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+#: the repo id in a card written before the repo is known; push() fills in the real one
+CARD_PLACEHOLDER = "NS/NAME"
 CARD_TAGS = ["ddpm", "ddpm-hub", "diffusers", "unconditional-image-generation"]
 
 #: Hub ids of the datasets that ddpm-hub's built-in datasets were made from
 BUILTIN_DATASETS = {"mnist5k": "ylecun/mnist", "builtin:mnist5k": "ylecun/mnist"}
+
+
+class HubPushError(OSError):
+    """A push to the Hub failed; the message says why and what to do, ``__cause__`` holds the HTTP error."""
 
 
 class HubLoadError(OSError):
@@ -102,7 +108,7 @@ def _count_parameters(unet_dir: Path) -> int | None:
     total = 0
     for f in files:
         with safe_open(f, framework="pt") as st:
-            for key in st:
+            for key in st.keys():  # noqa: SIM118 (safe_open is not iterable)
                 n = 1
                 for dim in st.get_slice(key).get_shape():
                     n *= dim
@@ -206,7 +212,7 @@ def write_model_card(
         datasets=datasets or None,
     )
 
-    repo = repo_id or "NS/NAME"
+    repo = repo_id or CARD_PLACEHOLDER
     size = unet_config.get("sample_size")
     channels = unet_config.get("in_channels")
     backbone = info.get("backbone") or f"{index['unet'][0]}.{index['unet'][1]}"
@@ -220,7 +226,7 @@ def write_model_card(
     )
     reqs = _requirements(index, info)
 
-    lines = [f"# {repo.split('/')[-1]}", ""]
+    lines = [f"# {repo}", ""]
     lines += [
         f"An unconditional DDPM image generator ({channels}-channel, {size}x{size} pixels) made with "
         "[ddpm-hub](https://github.com/ddpm-hub/ddpm-hub): denoising diffusion probabilistic models "
@@ -351,12 +357,13 @@ def push(
 
     Creates the repo if needed (``private`` applies only then) and the branch ``revision`` if it does not
     exist yet (from ``main``), then uploads in one commit: the pipeline folder (configs and safetensors
-    weights), the model card (the folder's ``README.md``, or one written now from the run's
-    ``train_info.json``), ``samples.png`` and ``loss.png``. Stale files inside the component folders are
+    weights), the model card (the folder's ``README.md``, its ``NS/NAME`` placeholder filled in, or one
+    written now from the run's ``train_info.json``), ``samples.png`` and ``loss.png``. Stale files inside the component folders are
     deleted, so that the repo holds exactly the pushed weights. Returns huggingface_hub's ``CommitInfo``
     (``.oid`` is the commit sha, loadable later with ``load_pipeline(repo_id, revision=sha)``).
     """
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     from .pipeline import check_pipeline_folder
@@ -379,20 +386,44 @@ def push(
         staging = Path(tmp) / "repo"
         staging.mkdir()
         staged = _stage(pipeline_dir, run_dir, staging)
+        card = staging / "README.md"
         if "README.md" not in staged:
             write_model_card(staging, read_train_info(run_dir), repo_id=repo_id, license=license)
+        elif CARD_PLACEHOLDER in (text := card.read_text()):
+            card.unlink()  # a hard link to the user's file: write a new one
+            card.write_text(text.replace(CARD_PLACEHOLDER, repo_id))
         components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list)]
 
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        if revision is not None:
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=staging,
-            revision=revision,
-            commit_message=commit_message or f"Upload DDPM pipeline with ddpm-hub ({len(staged)} files)",
-            delete_patterns=[f"{c}/*" for c in components],
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            if revision is not None:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=staging,
+                revision=revision,
+                commit_message=commit_message or f"Upload DDPM pipeline with ddpm-hub ({len(staged)} files)",
+                delete_patterns=[f"{c}/*" for c in components],
+            )
+        except HfHubHTTPError as exc:
+            raise _push_error(exc, repo_id, token) from exc
+
+
+def _push_error(exc, repo_id: str, token: str | None) -> HubPushError:
+    from huggingface_hub import constants, get_token
+
+    status = exc.response.status_code if exc.response is not None else None
+    login = "log in with `hf auth login`, set HF_TOKEN, or pass a token (--token)"
+    if status == 401:
+        has_token = bool(token) or get_token() is not None
+        why = "the Hub rejected your token" if has_token else "you are not logged in"
+        return HubPushError(f"pushing to {repo_id} needs a Hub token with write access and {why}: {login}")
+    if status == 403:
+        return HubPushError(
+            f"your token cannot write to {repo_id} on {constants.ENDPOINT}: push to your own namespace or an "
+            f"organization you can write to, or use a token with write access ({exc})"
         )
+    return HubPushError(f"pushing to {repo_id} failed: {exc}")
 
 
 # --------------------------------------------------------------------------------------------------

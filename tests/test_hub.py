@@ -15,7 +15,7 @@ from huggingface_hub import HfApi, ModelCard
 
 from ddpm_hub import DDPMHubPipeline, DDPMHubScheduler, UNet, load_pipeline
 from ddpm_hub.cli import main as cli_main
-from ddpm_hub.hub import HubLoadError, push, write_model_card
+from ddpm_hub.hub import HubLoadError, HubPushError, push, write_model_card
 
 T = 32  # diffusion steps: small enough that sampling the full reverse loop takes well under a second
 _names = itertools.count()
@@ -183,6 +183,35 @@ def test_model_card_says_how_it_was_trained_and_how_to_load_it(tmp_path, run_dir
     n = sum(p.numel() for p in unet.parameters())
     assert f"{n / 1e3:.1f}k parameters" in text
     assert "samples.png" not in text
+
+
+def test_a_card_written_at_training_time_gets_the_repo_id_when_pushed(hub_server, run_dir):
+    write_model_card(run_dir / "pipeline", TRAIN_INFO)  # as training does, before any repo exists
+    local = (run_dir / "pipeline" / "README.md").read_text()
+    assert 'load_pipeline("NS/NAME")' in local
+    repo_id = unique_repo(hub_server.user, "card")
+    push(run_dir, repo_id)
+    text = hub_server.files(repo_id)["README.md"].content.decode()
+    assert f'load_pipeline("{repo_id}")' in text and "NS/NAME" not in text
+    assert (run_dir / "pipeline" / "README.md").read_text() == local  # the user's file is untouched
+
+
+def test_push_errors_say_what_to_do(hub_server, run_dir, monkeypatch, capsys):
+    with pytest.raises(HubPushError, match="cannot write to someone-else/model.*your own namespace"):
+        push(run_dir, "someone-else/model")
+    with pytest.raises(
+        HubPushError, match="needs a Hub token with write access and the Hub rejected your token"
+    ):
+        push(run_dir, f"{hub_server.user}/model", token="hf_wrong")
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(HubPushError, match="you are not logged in: log in with `hf auth login`"):
+        push(run_dir, f"{hub_server.user}/model")
+    with pytest.raises(SystemExit, match="ddpm-hub push: error: .*you are not logged in"):
+        cli_main(["push", str(run_dir), "--repo-id", f"{hub_server.user}/model"])
+    with pytest.raises(SystemExit, match="ddpm-hub push: error: .*is not a pipeline folder"):
+        cli_main(["push", str(run_dir / "logs"), "--repo-id", f"{hub_server.user}/model"])
+    with pytest.raises(SystemExit, match="ddpm-hub sample: error: .*not found .*you are not logged in"):
+        cli_main(["sample", f"{hub_server.user}/missing", "--num-images", "1"])
 
 
 # -- the round trip ---------------------------------------------------------------------------------
