@@ -344,6 +344,34 @@ def _stage(pipeline_dir: Path, run_dir: Path | None, staging: Path) -> list[str]
     return staged
 
 
+def check_push_settings(repo_id: str | None, push: bool = True) -> None:
+    """Raise ValueError unless ``repo_id`` is a NAMESPACE/NAME repo id and, for a push, a token is available.
+
+    Training calls this before it starts when ``push_to_hub`` is on, so that a missing login fails in
+    seconds instead of after hours of training. Nothing goes over the network.
+    """
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if repo_id is None:
+        raise ValueError("push_to_hub needs hub_repo_id, the Hub repo to push to (NAMESPACE/NAME)")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise ValueError(
+            f"invalid Hub repo id {repo_id!r}: use NAMESPACE/NAME, for example me/ddpm-mnist ({exc})"
+        ) from exc
+    if "/" not in repo_id:
+        raise ValueError(
+            f"invalid Hub repo id {repo_id!r}: give the namespace too, as NAMESPACE/NAME (me/{repo_id})"
+        )
+    if push and get_token() is None:
+        raise ValueError(
+            f"pushing to {repo_id} needs a Hub token with write access and none is set: log in with "
+            "`hf auth login` or set HF_TOKEN first"
+        )
+
+
 def push(
     run_or_pipeline_dir: str | Path,
     repo_id: str,
@@ -364,20 +392,10 @@ def push(
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     from .pipeline import check_pipeline_folder
 
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as exc:
-        raise ValueError(
-            f"invalid Hub repo id {repo_id!r}: use NAMESPACE/NAME, for example me/ddpm-mnist ({exc})"
-        ) from exc
-    if "/" not in repo_id:
-        raise ValueError(
-            f"invalid Hub repo id {repo_id!r}: give the namespace too, as NAMESPACE/NAME (me/{repo_id})"
-        )
+    check_push_settings(repo_id, push=False)
     pipeline_dir, run_dir = resolve_run(run_or_pipeline_dir)
     index = check_pipeline_folder(pipeline_dir)
 

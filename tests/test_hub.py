@@ -196,6 +196,23 @@ def test_a_card_written_at_training_time_gets_the_repo_id_when_pushed(hub_server
     assert (run_dir / "pipeline" / "README.md").read_text() == local  # the user's file is untouched
 
 
+def test_push_settings_are_checked_without_the_network(hub_server, monkeypatch):
+    from ddpm_hub.hub import check_push_settings
+
+    check_push_settings(f"{hub_server.user}/model")
+    for bad, message in (
+        (None, "needs hub_repo_id"),
+        ("model", "give the namespace too"),
+        ("a b/c", "invalid"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            check_push_settings(bad)
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(ValueError, match="needs a Hub token with write access and none is set"):
+        check_push_settings(f"{hub_server.user}/model")
+    check_push_settings(f"{hub_server.user}/model", push=False)
+
+
 def test_push_errors_say_what_to_do(hub_server, run_dir, monkeypatch, capsys):
     with pytest.raises(HubPushError, match="cannot write to someone-else/model.*your own namespace"):
         push(run_dir, "someone-else/model")
