@@ -278,7 +278,17 @@ def write_model_card(
             ("beta schedule", betas),
             ("prediction", scheduler.get("prediction_type", "epsilon")),
             ("backbone", f"`{backbone}`, {_fmt_count(num_parameters)} parameters"),
-            ("EMA decay", info.get("ema_decay")),
+            (
+                "EMA decay",
+                None
+                if info.get("ema_decay") is None
+                else f"{info['ema_decay']}"
+                + (
+                    f" (reached {info['ema_decay_reached']:.4g})"
+                    if isinstance(info.get("ema_decay_reached"), int | float)
+                    else ""
+                ),
+            ),
             ("mixed precision", info.get("mixed_precision")),
             (
                 "hardware",
@@ -493,7 +503,13 @@ def check_repo_files(files: list[str], repo_id: str, revision: str | None = None
         )
 
 
-def _hub_error(exc: Exception, repo_id: str, revision: str | None, token: str | bool | None) -> HubLoadError:
+def _hub_error(
+    exc: Exception,
+    repo_id: str,
+    revision: str | None,
+    token: str | bool | None,
+    cache_dir: str | Path | None = None,
+) -> HubLoadError:
     """A HubLoadError with a message that says what happened and what to do."""
     from huggingface_hub import constants, get_token
     from huggingface_hub.errors import (
@@ -541,11 +557,16 @@ def _hub_error(exc: Exception, repo_id: str, revision: str | None, token: str | 
         )
     if isinstance(exc, LocalEntryNotFoundError):
         offline = constants.HF_HUB_OFFLINE
+        cause = exc.__cause__
         why = (
-            "offline mode is on (HF_HUB_OFFLINE=1)" if offline else f"the Hub ({endpoint}) cannot be reached"
+            "offline mode is on (HF_HUB_OFFLINE=1)"
+            if offline
+            else f"the Hub ({endpoint}) cannot be reached"
+            + (f" ({type(cause).__name__}: {str(cause).splitlines()[0]})" if cause is not None else "")
         )
         return HubLoadError(
-            f"{at} is not in the local cache ({constants.HF_HUB_CACHE}) and {why}. Download it once while online"
+            f"{at} is not in the local cache ({cache_dir or constants.HF_HUB_CACHE}) and {why}. Download it once "
+            "while online"
             + (", or unset HF_HUB_OFFLINE" if offline else ", or check your connection")
             + "; a local pipeline folder also works",
             "offline_not_cached",
@@ -588,18 +609,30 @@ def download_pipeline(
     (``HF_HUB_OFFLINE=1``) or with the Hub unreachable, the cached snapshot is used.
     """
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         try:
             info = HfApi().model_info(repo_id, revision=revision, token=token)
         except (OfflineModeIsEnabled, *_transport_errors()):
             info = None  # offline: snapshot_download looks in the cache
+        except (RepositoryNotFoundError, RevisionNotFoundError):
+            raise
+        except HfHubHTTPError as exc:
+            if exc.response is not None and exc.response.status_code in (401, 403):
+                raise
+            info = None  # the Hub is in trouble (5xx ...): snapshot_download falls back to the cache
         if info is not None:
             check_repo_files([s.rfilename for s in info.siblings or []], repo_id, revision)
         folder = snapshot_download(
             repo_id, revision=revision, allow_patterns=PULL_PATTERNS, token=token, cache_dir=cache_dir
         )
     except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
-        raise _hub_error(exc, repo_id, revision, token) from exc
+        raise _hub_error(exc, repo_id, revision, token, cache_dir) from exc
     return Path(folder)

@@ -126,6 +126,7 @@ class HubState:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lfs: dict[str, bytes] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for tests to inspect
+        self.outage: int | None = None  # set to 503 (say) to answer every request with that status
         self._counter = 0
 
     # -- repos and revisions -------------------------------------------------------------------------
@@ -305,6 +306,9 @@ class HubHandler(BaseHTTPRequestHandler):
         with self.hub.state.lock:
             self.hub.state.requests.append((self.command, self.path))
         try:
+            if self.hub.state.outage is not None:
+                self._body()
+                raise HubError(self.hub.state.outage, "the loopback hub is down (outage set by the test)")
             self._route(parts)
         except HubError as err:
             self._error(err)

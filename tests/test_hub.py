@@ -352,6 +352,17 @@ def test_offline_loads_from_the_cache(hub_server, run_dir, cache, monkeypatch):
     assert err.value.reason == "offline_not_cached"
 
 
+def test_hub_down_loads_from_the_cache_or_says_it_cannot_be_reached(hub_server, run_dir, cache, monkeypatch):
+    repo_id = unique_repo(hub_server.user, "outage")
+    push(run_dir, repo_id)
+    online = sample(load_pipeline(repo_id, cache_dir=cache))
+    monkeypatch.setattr(hub_server.state, "outage", 503)
+    assert torch.equal(sample(load_pipeline(repo_id, cache_dir=cache)), online)
+    with pytest.raises(HubLoadError, match=r"not in the local cache .* cannot be reached \(.*503") as err:
+        load_pipeline(repo_id, cache_dir=cache.parent / "other-cache")
+    assert err.value.reason == "offline_not_cached"
+
+
 # -- errors -----------------------------------------------------------------------------------------
 
 
