@@ -3,7 +3,8 @@
 It speaks the HTTP protocol that huggingface_hub 2.x speaks (found by pointing ``HF_ENDPOINT`` at a logging
 server and by reading huggingface_hub's sources), so that unmodified client code runs against it:
 ``create_repo``, ``create_branch``, ``upload_folder``/``create_commit`` (preupload, LFS batch + basic
-transfer, ndjson commit), ``repo_info``/``model_info``, ``list_repo_tree``, ``list_repo_refs``,
+transfer, ndjson commit), ``repo_info``/``model_info``, ``list_repo_tree``, ``get_paths_info``,
+``list_repo_refs``, ``list_repo_commits``, ``file_exists``/``repo_exists``,
 ``hf_hub_download`` and ``snapshot_download`` (HEAD/GET ``resolve``), and diffusers' ``push_to_hub``.
 
 Storage is in memory and git-like: every commit is an immutable snapshot of the repo's files, branches
@@ -361,6 +362,8 @@ class HubHandler(BaseHTTPRequestHandler):
                 return self.repo_info(repo, state.resolve(repo, tail[1]))
             if tail[:1] == ["tree"] and len(tail) >= 2 and m == "GET":
                 return self.tree(repo, state.resolve(repo, tail[1]), "/".join(tail[2:]))
+            if tail[:1] == ["paths-info"] and len(tail) == 2 and m == "POST":
+                return self.paths_info(state.resolve(repo, tail[1]))
             if tail == ["refs"] and m == "GET":
                 return self.refs(repo)
             if tail[:1] == ["commits"] and len(tail) == 2 and m == "GET":
@@ -497,6 +500,32 @@ class HubHandler(BaseHTTPRequestHandler):
                 if blob.lfs:
                     entry["lfs"] = blob.lfs
                 entries.append(entry)
+        self._json(200, entries)
+
+    def paths_info(self, commit: Commit):
+        body = self._body()
+        if self.headers.get("Content-Type", "").startswith("application/json"):
+            paths = json.loads(body or b"{}").get("paths", [])
+        else:
+            paths = parse_qs(body.decode()).get("paths", [])
+        folders, entries = _folders(commit.files), []
+        for path in paths:
+            path = path.strip("/")
+            if path in commit.files:
+                blob = commit.files[path]
+                entry = {"type": "file", "oid": blob.git_oid, "size": blob.size, "path": path}
+                if blob.lfs:
+                    entry["lfs"] = blob.lfs
+                entries.append(entry)
+            elif path in folders:
+                entries.append(
+                    {
+                        "type": "directory",
+                        "oid": hashlib.sha1(path.encode()).hexdigest(),
+                        "size": 0,
+                        "path": path,
+                    }
+                )
         self._json(200, entries)
 
     def refs(self, repo: Repo):

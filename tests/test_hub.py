@@ -136,7 +136,12 @@ def test_push_uploads_pipeline_card_and_images_never_checkpoints_logs_or_config(
     # the user's run folder is left as it was: the card was written into a staging folder
     assert not (run_dir / "pipeline" / "README.md").exists()
 
-    model = HfApi().model_info(repo_id)
+    api = HfApi()
+    infos = {i.path: i for i in api.get_paths_info(repo_id, ["unet", "README.md", "nope"])}
+    assert sorted(infos) == ["README.md", "unet"] and infos["README.md"].size == files["README.md"].size
+    assert api.file_exists(repo_id, "unet/config.json") and not api.file_exists(repo_id, "unet/x.bin")
+    assert api.repo_exists(repo_id) and not api.repo_exists(f"{hub_server.user}/nope")
+    model = api.model_info(repo_id)
     assert model.library_name == "diffusers"
     assert model.pipeline_tag == "unconditional-image-generation"
     assert {"ddpm", "ddpm-hub", "diffusers", "unconditional-image-generation"} <= set(model.tags)
