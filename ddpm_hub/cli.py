@@ -32,7 +32,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     try:
         pipe = load_pipeline(args.model, revision=args.revision)
-    except HubLoadError as exc:
+    except (HubLoadError, ValueError, FileNotFoundError, ImportError) as exc:
         raise SystemExit(f"ddpm-hub sample: error: {exc}") from exc
     images = pipe(
         batch_size=args.num_images,

@@ -232,6 +232,10 @@ def test_push_errors_say_what_to_do(hub_server, run_dir, monkeypatch, capsys):
         cli_main(["push", str(run_dir), "--repo-id", f"{hub_server.user}/model"])
     with pytest.raises(SystemExit, match="ddpm-hub push: error: .*is not a pipeline folder"):
         cli_main(["push", str(run_dir / "logs"), "--repo-id", f"{hub_server.user}/model"])
+    with pytest.raises(
+        SystemExit, match="ddpm-hub sample: error: 'bad id!' is neither an existing local folder"
+    ):
+        cli_main(["sample", "bad id!"])
     with pytest.raises(SystemExit, match="ddpm-hub sample: error: .*not found .*you are not logged in"):
         cli_main(["sample", f"{hub_server.user}/missing", "--num-images", "1"])
 
