@@ -13,9 +13,10 @@ only as pickle files is refused from its file list, before anything is downloade
 
 Model card metadata. ``library_name: diffusers``: the repo *is* a diffusers pipeline folder
 (model_index.json + component folders + safetensors), and ``diffusers`` is a library the Hub knows: it
-lists the model under the diffusers filter and counts downloads through ``model_index.json``, which an
-unknown library name (such as ``ddpm-hub``) would not get (the Hub's default download query is a root
-``config.json``, which a pipeline repo does not have). The ``ddpm-hub`` tag marks it as ours, and the
+lists the model under the diffusers library filter and counts its downloads with diffusers' own query
+(huggingface.js model-libraries.ts), whereas an unknown library name (such as ``ddpm-hub``) gets the
+default query, a root ``config.json``, which a pipeline repo does not have (Hub docs, "Models Download
+Stats"). The ``ddpm-hub`` tag marks it as ours, and the
 card's snippet loads it with :func:`ddpm_hub.load_pipeline` (diffusers' ``DiffusionPipeline`` cannot
 resolve the ``DDPMHubPipeline`` class by itself).
 """
