@@ -492,6 +492,13 @@ def test_stock_diffusers_ddpm_pipeline_pushed_by_diffusers_loads(hub_server, cac
     assert abs(expected - got).max() < 1e-5
 
 
+def test_ddpm_hub_pipeline_pushed_with_diffusers_push_to_hub_loads(hub_server, cache):
+    pipe = DDPMHubPipeline(tiny_unet(3), DDPMHubScheduler(num_train_timesteps=T))
+    repo_id = unique_repo(hub_server.user, "diffusers-push")
+    pipe.push_to_hub(repo_id)
+    assert torch.equal(sample(load_pipeline(repo_id, cache_dir=cache)), sample(pipe))
+
+
 # -- the loopback Hub itself ------------------------------------------------------------------------
 
 
