@@ -89,7 +89,9 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("path", type=Path, help="a training run folder or a pipeline folder")
     p.add_argument("--repo-id", required=True, help="the Hub repo, NAMESPACE/NAME (created if missing)")
-    p.add_argument("--private", action="store_true", help="create the repo private (when it does not exist yet)")
+    p.add_argument(
+        "--private", action="store_true", help="create the repo private (when it does not exist yet)"
+    )
     p.add_argument("--revision", default=None, help="the branch to push to (created from main if missing)")
     p.add_argument("--commit-message", default=None)
     p.add_argument("--license", default="apache-2.0", help="the weights' license for a generated model card")
@@ -101,8 +103,15 @@ def cmd_push(args: argparse.Namespace) -> int:
     from .hub import HubPushError, push
 
     try:
-        info = push(args.path, args.repo_id, private=args.private, revision=args.revision,
-                    commit_message=args.commit_message, token=args.token, license=args.license)
+        info = push(
+            args.path,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            token=args.token,
+            license=args.license,
+        )
     except (HubPushError, ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"ddpm-hub push: error: {exc}") from exc
     print(f"pushed {args.path} to {args.repo_id}" + (f" ({args.revision})" if args.revision else ""))

@@ -369,6 +369,8 @@ def load_pipeline(
         except FileNotFoundError as exc:
             raise hub.HubLoadError(
                 f"Hub repo {name}{f' (revision {revision})' if revision else ''} is not a complete pipeline: {exc}",
-                "incomplete", name, revision,
+                "incomplete",
+                name,
+                revision,
             ) from exc
     return DDPMHubPipeline.from_pretrained(folder, use_safetensors=True, **kwargs)

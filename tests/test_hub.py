@@ -93,15 +93,6 @@ def make_run(root: Path, seed: int = 0) -> Path:
     return run
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is fastest, and does not fight the machine's other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def run_dir(tmp_path):
     return make_run(tmp_path)
