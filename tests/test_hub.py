@@ -249,6 +249,67 @@ def test_round_trip_push_then_pull_into_an_empty_cache_gives_the_same_images(hub
     assert not any(p.suffix in (".bin", ".pt", ".pth") for p in snapshot.rglob("*"))
 
 
+def tiny_train_config(output_dir: Path, **overrides):
+    from ddpm_hub.config import load_config
+
+    model = dict(
+        base_channels=8,
+        channel_mult=[1, 2],
+        num_res_blocks=1,
+        attention_resolutions=[],
+        dropout=0.0,
+        norm_num_groups=4,
+    )
+    values = {
+        "output_dir": str(output_dir),
+        "max_steps": 4,
+        "batch_size": 8,
+        "data.max_samples": 64,
+        "data.image_size": 8,
+        "data.num_workers": 0,
+        "model": model,
+        "scheduler": {"num_train_timesteps": T},
+        "sample_steps": 0,
+        "checkpointing_steps": 0,
+        "log_with": "none",
+        "num_sample_images": 4,
+        **overrides,
+    }
+    return load_config(None, list(values.items()))
+
+
+def test_train_with_push_to_hub_then_pull_into_an_empty_cache_gives_the_same_images(
+    hub_server, tmp_path, cache
+):
+    from ddpm_hub.train import train
+
+    repo_id = unique_repo(hub_server.user, "trained")
+    run = train(tiny_train_config(tmp_path / "run", push_to_hub=True, hub_repo_id=repo_id))
+    assert (run / "checkpoints").is_dir()  # left behind, as are logs and config.yaml
+    files = hub_server.files(repo_id)
+    assert not any(p.startswith(("checkpoints", "logs", "samples/")) or p.endswith(".yaml") for p in files)
+    assert {"README.md", "samples.png", "loss.png", "unet/diffusion_pytorch_model.safetensors"} <= set(files)
+    card = files["README.md"].content.decode()
+    assert f'load_pipeline("{repo_id}")' in card and "| training steps | 4 |" in card
+    assert HfApi().list_repo_commits(repo_id)[0].title.startswith("ddpm-hub train: 4 steps on mnist5k")
+
+    pulled = load_pipeline(repo_id, cache_dir=cache)
+    assert torch.equal(sample(pulled), sample(load_pipeline(run)))
+
+
+def test_push_to_hub_settings_are_checked_before_training(hub_server, tmp_path, monkeypatch):
+    from ddpm_hub.config import ConfigError
+
+    with pytest.raises(ConfigError, match="push_to_hub needs hub_repo_id"):
+        tiny_train_config(tmp_path / "a", push_to_hub=True).validate()
+    with pytest.raises(ConfigError, match="give the namespace too"):
+        tiny_train_config(tmp_path / "a", push_to_hub=True, hub_repo_id="model").validate()
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(ConfigError, match="needs a Hub token with write access and none is set"):
+        tiny_train_config(tmp_path / "a", push_to_hub=True, hub_repo_id="me/model").validate()
+    tiny_train_config(tmp_path / "a", hub_repo_id="me/model").validate()  # names the card's repo, no push
+
+
 def test_push_twice_makes_a_new_commit_and_the_old_revision_still_loads_by_sha(hub_server, tmp_path, cache):
     repo_id = unique_repo(hub_server.user, "twice")
     first = push(make_run(tmp_path, seed=1), repo_id, commit_message="first model")
