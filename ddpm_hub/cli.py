@@ -28,7 +28,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.num_images < 1:
         raise SystemExit(f"--num-images must be at least 1, got {args.num_images}")
-    pipe = load_pipeline(args.model, revision=args.revision)
+    from .hub import HubLoadError
+
+    try:
+        pipe = load_pipeline(args.model, revision=args.revision)
+    except (HubLoadError, ValueError, FileNotFoundError, ImportError) as exc:
+        raise SystemExit(f"ddpm-hub sample: error: {exc}") from exc
     images = pipe(
         batch_size=args.num_images,
         generator=torch.Generator(device="cpu").manual_seed(args.seed),
@@ -121,6 +126,44 @@ def cmd_space(args: argparse.Namespace) -> int:
     if args.allow_local_paths:
         argv.append("--allow-local-paths")
     app.main(argv)
+
+
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "push",
+        help="push a trained pipeline (run folder or pipeline folder) with its model card to the Hub",
+        description="Upload the pipeline folder (configs, safetensors weights), the model card, the sample grid "
+        "and the loss curve to a Hub model repo; never checkpoints, optimizer state or logs.",
+    )
+    p.add_argument("path", type=Path, help="a training run folder or a pipeline folder")
+    p.add_argument("--repo-id", required=True, help="the Hub repo, NAMESPACE/NAME (created if missing)")
+    p.add_argument(
+        "--private", action="store_true", help="create the repo private (when it does not exist yet)"
+    )
+    p.add_argument("--revision", default=None, help="the branch to push to (created from main if missing)")
+    p.add_argument("--commit-message", default=None)
+    p.add_argument("--license", default="apache-2.0", help="the weights' license for a generated model card")
+    p.add_argument("--token", default=None, help="a Hub token (default: HF_TOKEN or the logged-in token)")
+    p.set_defaults(func=cmd_push)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import HubPushError, push
+
+    try:
+        info = push(
+            args.path,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            token=args.token,
+            license=args.license,
+        )
+    except (HubPushError, ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"ddpm-hub push: error: {exc}") from exc
+    print(f"pushed {args.path} to {args.repo_id}" + (f" ({args.revision})" if args.revision else ""))
+    print(f"commit {info.oid}: {info.commit_url}")
     return 0
 
 
@@ -130,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddpm-hub", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ddpm-hub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_sample, _add_train, _add_plugins, _add_space):
+    for add in (_add_sample, _add_train, _add_plugins, _add_push, _add_space):
         add(sub)
     return parser
 

@@ -145,6 +145,15 @@ class TrainConfig:
     #: keep at most this many checkpoints (the oldest are deleted); null: keep all
     checkpoints_total_limit: int | None = 2
 
+    #: push the final pipeline, model card, samples.png and loss.png to the Hub repo hub_repo_id at the end
+    push_to_hub: bool = False
+    #: the Hub model repo, NAMESPACE/NAME (created if missing); also names the repo in the model card
+    hub_repo_id: str | None = None
+    #: create the Hub repo private (when it does not exist yet)
+    hub_private: bool = False
+    #: the branch to push to (created from main if missing); null: main
+    hub_revision: str | None = None
+
     def validate(self) -> None:
         """Check values whose type alone does not make them valid."""
         positive = {
@@ -192,6 +201,13 @@ class TrainConfig:
             raise ConfigError(f"data.alpha_background must be in 0..255, got {d.alpha_background}")
         if d.max_samples is not None and d.max_samples < 1:
             raise ConfigError(f"data.max_samples must be positive or null, got {d.max_samples}")
+        if self.push_to_hub or self.hub_repo_id is not None:
+            from .hub import check_push_settings
+
+            try:  # before training, not after hours of it
+                check_push_settings(self.hub_repo_id, push=self.push_to_hub)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
         for key in ("model", "scheduler"):
             if not isinstance(getattr(self, key), dict):
                 raise ConfigError(

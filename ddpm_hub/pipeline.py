@@ -322,18 +322,55 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
     return index
 
 
-def load_pipeline(repo_id_or_path: str | Path, revision: str | None = None, **kwargs: Any) -> DDPMHubPipeline:
-    """Load a pipeline from a local folder (a pipeline folder or a training run folder).
+def load_pipeline(
+    repo_id_or_path: str | Path,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | Path | None = None,
+    **kwargs: Any,
+) -> DDPMHubPipeline:
+    """Load a pipeline from a local folder (a pipeline folder or a training run folder) or a Hub repo.
 
+    A local folder wins; otherwise ``repo_id_or_path`` is a Hub repo id (``NAMESPACE/NAME``), downloaded
+    into the Hugging Face cache, safetensors/json/md/png files only (``revision``: a branch, tag or commit
+    sha; ``token``: for private repos, default the logged-in token). With ``HF_HUB_OFFLINE=1`` it loads
+    from the cache. A repo that holds only pickle weights is refused before anything is downloaded.
     Loads ddpm-hub checkpoints and stock diffusers DDPM checkpoints (``UNet2DModel`` + ``DDPMScheduler``)
-    alike, safetensors only. ``kwargs`` go to ``DiffusionPipeline.from_pretrained`` (``torch_dtype`` ...).
+    alike. ``kwargs`` go to ``DiffusionPipeline.from_pretrained`` (``torch_dtype`` ...).
+
+    Raises:
+        FileNotFoundError: a local path that does not exist, or a folder that is not a pipeline folder.
+        ValueError: a string that is neither an existing folder nor a valid Hub repo id.
+        ddpm_hub.hub.HubLoadError: the Hub repo could not be loaded; ``.reason`` is one of
+            ``repo_not_found``, ``revision_not_found``, ``authentication``, ``offline_not_cached``,
+            ``pickle_only``, ``incomplete``, ``http``.
     """
     from .plugins import load_plugins
 
     load_plugins()
     path = Path(repo_id_or_path).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"no pipeline folder at {path}")
-    folder = _pipeline_folder(path)
-    check_pipeline_folder(folder)
+    if path.is_dir():
+        folder = _pipeline_folder(path)
+        check_pipeline_folder(folder)
+    else:
+        from . import hub
+
+        name = str(repo_id_or_path)
+        if isinstance(repo_id_or_path, Path) or name.startswith((".", "/", "~", "\\")) or path.exists():
+            raise FileNotFoundError(f"no pipeline folder at {path}")
+        if not hub.is_repo_id(name):
+            raise ValueError(
+                f"{name!r} is neither an existing local folder nor a valid Hub repo id: give a pipeline folder, a "
+                "training run folder, or a Hub repo id such as NAMESPACE/NAME (letters, digits, '-', '_', '.')"
+            )
+        folder = hub.download_pipeline(name, revision=revision, token=token, cache_dir=cache_dir)
+        try:
+            check_pipeline_folder(folder)
+        except FileNotFoundError as exc:
+            raise hub.HubLoadError(
+                f"Hub repo {name}{f' (revision {revision})' if revision else ''} is not a complete pipeline: {exc}",
+                "incomplete",
+                name,
+                revision,
+            ) from exc
     return DDPMHubPipeline.from_pretrained(folder, use_safetensors=True, **kwargs)

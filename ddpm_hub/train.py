@@ -367,7 +367,10 @@ def train(config: TrainConfig, dataset=None) -> Path:
         step_scheduler_with_optimizer=False,  # the lr schedule counts optimizer steps, whatever the world size
     )
     try:
-        return _train(config, dataset, accelerator, run_dir)
+        run_dir = _train(config, dataset, accelerator, run_dir)
+        if config.push_to_hub and accelerator.is_main_process:
+            push_run(config, run_dir)
+        return run_dir
     finally:
         accelerator.end_training()
         if accelerator.num_processes == 1:  # let a later train() in this process choose another precision
@@ -375,6 +378,29 @@ def train(config: TrainConfig, dataset=None) -> Path:
 
             AcceleratorState._reset_state(reset_partial_state=True)
             GradientState._reset_state()
+
+
+def push_run(config: TrainConfig, run_dir: Path):
+    """Push the finished run to ``config.hub_repo_id`` (``push_to_hub: true``); return the commit info."""
+    from .hub import HubPushError, push
+
+    info = json.loads((run_dir / "train_info.json").read_text())
+    try:
+        commit = push(
+            run_dir,
+            config.hub_repo_id,
+            private=config.hub_private,
+            revision=config.hub_revision,
+            commit_message=f"ddpm-hub train: {info['num_train_steps']} steps on {info['dataset']}, "
+            f"final loss {info['final_loss']:.4f}",
+        )
+    except HubPushError as exc:
+        raise HubPushError(
+            f"{exc}. The run is saved in {run_dir}; push it with `ddpm-hub push {run_dir} --repo-id "
+            f"{config.hub_repo_id}`"
+        ) from exc
+    print(f"pushed to {commit.commit_url}", flush=True)
+    return commit
 
 
 def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
@@ -707,7 +733,7 @@ def _finish(
     except ImportError:
         pass
     else:
-        write_model_card(run_dir / "pipeline", info)
+        write_model_card(run_dir / "pipeline", info, repo_id=config.hub_repo_id)
     print(
         f"done: {state.step} steps in {state.wall_time_s:.0f} s, final loss {final_loss:.4f}\n"
         f"  pipeline  {run_dir / 'pipeline'}   (ddpm_hub.load_pipeline({str(run_dir)!r}))\n"
@@ -739,9 +765,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from .hub import HubPushError
+
     try:
         train(config)
-    except (ConfigError, DataError, NonFiniteLossError) as exc:
+    except (ConfigError, DataError, NonFiniteLossError, HubPushError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -2,6 +2,8 @@
 huggingface_hub reads its endpoint and cache paths at import time."""
 
 import os
+import socket
+import sys
 import tempfile
 
 _TMP = tempfile.mkdtemp(prefix="ddpm-hub-tests-")
@@ -13,7 +15,15 @@ os.environ["GRADIO_TEMP_DIR"] = os.path.join(_TMP, "gradio")
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
-# Tests never reach the real Hub: the Hub tests point HF_ENDPOINT at a loopback server (see hub_server).
+# Tests never reach the real Hub: HF_ENDPOINT points at the loopback Hub of tests/hub_server.py, on a port
+# chosen now (huggingface_hub reads the endpoint once, at import). Offline by default: the `hub_server`
+# fixture turns it off for the tests that use it.
+with socket.socket() as _sock:
+    _sock.bind(("127.0.0.1", 0))
+    HUB_PORT = _sock.getsockname()[1]
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{HUB_PORT}"
+os.environ.pop("HF_TOKEN", None)
+os.environ.pop("HUGGING_FACE_HUB_TOKEN", None)
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
@@ -86,3 +96,27 @@ def launch_space(space_app):
 def space_url(launch_space):
     """The Space with its defaults (bundled model, local paths refused)."""
     return launch_space(allow_local_paths=False)
+
+
+@pytest.fixture(scope="session")
+def _hub_server_session():
+    sys.path.insert(0, os.path.dirname(__file__))
+    from hub_server import HubServer
+
+    with HubServer(port=HUB_PORT) as server:
+        yield server
+
+
+@pytest.fixture
+def hub_server(_hub_server_session, monkeypatch):
+    """The loopback Hub (tests/hub_server.py), online for this test, with its token in HF_TOKEN.
+
+    ``hub_server.url`` is HF_ENDPOINT, ``hub_server.token`` the accepted token, ``hub_server.user`` its
+    namespace; ``hub_server.state`` holds the repos. Repos persist for the session: use unique names.
+    """
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_TOKEN", _hub_server_session.token)
+    return _hub_server_session

@@ -1,0 +1,639 @@
+"""The Hugging Face Hub: push a trained pipeline with its model card, pull one by repo id.
+
+Everything goes through ``huggingface_hub`` (``create_repo``, ``upload_folder``, ``snapshot_download``);
+this module decides *what* travels and turns the Hub's errors into messages that say what to do.
+
+What a push uploads: the pipeline folder's ``model_index.json``, component configs and ``.safetensors``
+weights, the model card (``README.md``), the sample grid (``samples.png``) and the loss curve
+(``loss.png``). Never checkpoints, optimizer state, TensorBoard logs, intermediate sample grids or pickle
+files: only files matching :data:`PUSH_PATTERNS` are staged.
+
+What a pull downloads: only :data:`PULL_PATTERNS` (safetensors, json, md, png). A repo whose weights exist
+only as pickle files is refused from its file list, before anything is downloaded.
+
+Model card metadata. ``library_name: diffusers``: the repo *is* a diffusers pipeline folder
+(model_index.json + component folders + safetensors), and ``diffusers`` is a library the Hub knows: it
+lists the model under the diffusers library filter and counts its downloads with diffusers' own query
+(huggingface.js model-libraries.ts), whereas an unknown library name (such as ``ddpm-hub``) gets the
+default query, a root ``config.json``, which a pipeline repo does not have (Hub docs, "Models Download
+Stats"). The ``ddpm-hub`` tag marks it as ours, and the
+card's snippet loads it with :func:`ddpm_hub.load_pipeline` (diffusers' ``DiffusionPipeline`` cannot
+resolve the ``DDPMHubPipeline`` class by itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+#: files of a pipeline folder that a push uploads (relative paths, fnmatch patterns)
+PUSH_PATTERNS = (
+    "model_index.json",
+    "*/config.json",
+    "*/*_config.json",
+    "*/*.safetensors",
+    "*/*.safetensors.index.json",
+    "README.md",
+    "*.png",
+)
+#: files that a pull downloads (snapshot_download allow_patterns)
+PULL_PATTERNS = ["*.safetensors", "*.json", "*.md", "*.png"]
+#: run-folder files that travel with the pipeline (the card shows them)
+RUN_IMAGES = ("samples.png", "loss.png")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+#: the repo id in a card written before the repo is known; push() fills in the real one
+CARD_PLACEHOLDER = "NS/NAME"
+CARD_TAGS = ["ddpm", "ddpm-hub", "diffusers", "unconditional-image-generation"]
+
+#: Hub ids of the datasets that ddpm-hub's built-in datasets were made from
+BUILTIN_DATASETS = {"mnist5k": "ylecun/mnist", "builtin:mnist5k": "ylecun/mnist"}
+
+
+class HubPushError(OSError):
+    """A push to the Hub failed; the message says why and what to do, ``__cause__`` holds the HTTP error."""
+
+
+class HubLoadError(OSError):
+    """A Hub repo could not be loaded; ``reason`` says why, ``__cause__`` holds huggingface_hub's error.
+
+    Reasons: ``repo_not_found``, ``revision_not_found``, ``authentication``, ``offline_not_cached``,
+    ``pickle_only``, ``incomplete``, ``http``.
+    """
+
+    def __init__(self, message: str, reason: str, repo_id: str, revision: str | None = None):
+        super().__init__(message)
+        self.reason, self.repo_id, self.revision = reason, repo_id, revision
+
+
+# --------------------------------------------------------------------------------------------------
+# Folders
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_run(path: str | Path) -> tuple[Path, Path | None]:
+    """(pipeline folder, run folder or None) for a pipeline folder or a training run folder."""
+    from .pipeline import _pipeline_folder
+
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"no pipeline or run folder at {path}")
+    pipeline_dir = _pipeline_folder(path)
+    run_dir = pipeline_dir.parent if (pipeline_dir.parent / "train_info.json").is_file() else None
+    return pipeline_dir, run_dir
+
+
+def read_train_info(run_dir: Path | None) -> dict[str, Any] | None:
+    if run_dir is None or not (run_dir / "train_info.json").is_file():
+        return None
+    return json.loads((run_dir / "train_info.json").read_text())
+
+
+# --------------------------------------------------------------------------------------------------
+# Model card
+# --------------------------------------------------------------------------------------------------
+
+
+def _count_parameters(unet_dir: Path) -> int | None:
+    """Parameter count from the safetensors headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    files = sorted(unet_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with safe_open(f, framework="pt") as st:
+            for key in st.keys():  # noqa: SIM118 (safe_open is not iterable)
+                n = 1
+                for dim in st.get_slice(key).get_shape():
+                    n *= dim
+                total += n
+    return total
+
+
+def _fmt_count(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "unknown"
+    s = float(s)
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _dataset_ids(dataset: Any) -> list[str]:
+    """Hub dataset ids for the card's ``datasets:`` metadata (local files are described, not linked)."""
+    if not isinstance(dataset, str) or not dataset:
+        return []
+    if dataset in BUILTIN_DATASETS:
+        return [BUILTIN_DATASETS[dataset]]
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if os.path.exists(dataset) or dataset.startswith((".", "/", "~")):
+        return []
+    try:
+        validate_repo_id(dataset)
+    except HFValidationError:
+        return []
+    return [dataset]
+
+
+def _requirements(index: dict[str, Any], info: dict[str, Any] | None) -> list[tuple[str, str | None]]:
+    """(distribution, version) pairs needed to load this pipeline: ddpm-hub and any plugins."""
+    from . import __version__
+
+    reqs: dict[str, str | None] = {"ddpm-hub": (info or {}).get("ddpm_hub_version") or __version__}
+    for plugin in (info or {}).get("plugins") or []:
+        if isinstance(plugin, dict) and plugin.get("distribution"):
+            reqs.setdefault(plugin["distribution"], plugin.get("version"))
+    for spec in (index.get("_ddpm_hub_requires") or {}).values():
+        if isinstance(spec, dict) and spec.get("distribution"):
+            reqs.setdefault(spec["distribution"], spec.get("version"))
+    return list(reqs.items())
+
+
+def write_model_card(
+    pipeline_dir: str | Path,
+    info: dict[str, Any] | None,
+    *,
+    repo_id: str | None = None,
+    license: str = "apache-2.0",
+    samples: str | Path | None = None,
+    loss_curve: str | Path | None = None,
+) -> Path:
+    """Write ``README.md`` (the Hub model card) into a pipeline folder and return its path.
+
+    Args:
+        pipeline_dir: the pipeline folder (``model_index.json``, ``unet/``, ``scheduler/``).
+        info: the training run's ``train_info.json`` content (dataset, steps, batch size, hardware, ...);
+            ``None`` for a pipeline trained elsewhere (the card then says so).
+        repo_id: the Hub repo the card is for (used in the snippet; default ``NS/NAME``).
+        license: the weights' license (the card's ``license:`` metadata).
+        samples, loss_curve: PNGs to show; default ``samples.png`` / ``loss.png`` beside the pipeline
+            folder (the run folder). They are copied into the pipeline folder, next to the card.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .pipeline import check_pipeline_folder
+
+    pipeline_dir = Path(pipeline_dir)
+    index = check_pipeline_folder(pipeline_dir)
+    info = dict(info or {})
+    scheduler = json.loads((pipeline_dir / "scheduler" / "scheduler_config.json").read_text())
+    unet_config = json.loads((pipeline_dir / "unet" / "config.json").read_text())
+
+    images = {}
+    for name, given in (("samples.png", samples), ("loss.png", loss_curve)):
+        src = Path(given) if given is not None else pipeline_dir.parent / name
+        dst = pipeline_dir / name
+        if src.is_file() and src.resolve() != dst.resolve():
+            shutil.copyfile(src, dst)
+        if dst.is_file():
+            images[name] = dst
+
+    datasets = _dataset_ids(info.get("dataset"))
+    card_data = ModelCardData(
+        library_name="diffusers",
+        license=license,
+        tags=CARD_TAGS,
+        pipeline_tag="unconditional-image-generation",
+        datasets=datasets or None,
+    )
+
+    repo = repo_id or CARD_PLACEHOLDER
+    size = unet_config.get("sample_size")
+    channels = unet_config.get("in_channels")
+    backbone = info.get("backbone") or f"{index['unet'][0]}.{index['unet'][1]}"
+    num_parameters = info.get("num_parameters") or _count_parameters(pipeline_dir / "unet")
+    T = scheduler.get("num_train_timesteps")
+    schedule = scheduler.get("beta_schedule", info.get("beta_schedule"))
+    betas = f"{schedule}" + (
+        f" (beta_start={scheduler['beta_start']:.3g}, beta_end={scheduler['beta_end']:.3g})"
+        if schedule == "linear" and "beta_start" in scheduler and "beta_end" in scheduler
+        else ""
+    )
+    reqs = _requirements(index, info)
+
+    lines = [f"# {repo}", ""]
+    lines += [
+        f"An unconditional DDPM image generator ({channels}-channel, {size}x{size} pixels) made with "
+        "[ddpm-hub](https://github.com/ddpm-hub/ddpm-hub): denoising diffusion probabilistic models "
+        "(Ho et al. 2020) on the Hugging Face stack.",
+        "",
+    ]
+    if "samples.png" in images:
+        lines += ["![Samples from this model](samples.png)", ""]
+    lines += [
+        "## Use it",
+        "",
+        "```bash",
+        "pip install "
+        + " ".join(f"'{dist}>={ver}'" if ver and "unknown" not in ver else dist for dist, ver in reqs),
+        "```",
+        "",
+    ]
+    lines += [
+        "```python",
+        "import torch",
+        "from ddpm_hub import load_pipeline",
+        "",
+        f'pipe = load_pipeline("{repo}")',
+        "images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0)).images  # PIL images",
+        '# fewer steps: pipe(batch_size=16, sampler="ddim", num_inference_steps=50)',
+        "```",
+        "",
+        f"or from the shell: `ddpm-hub sample {repo} --num-images 16 --out grid.png`.",
+        "",
+        "The repo is a diffusers pipeline folder (`model_index.json`, `unet/`, `scheduler/`, safetensors "
+        "weights); `load_pipeline` downloads only safetensors, json, md and png files.",
+        "",
+        "## Sampling",
+        "",
+        f"- default sampler: `ddpm`, ancestral sampling with the posterior variance over all {T} steps",
+        "- faster: `ddim` (50 steps, x0 clipped to [-1, 1]) and `dpm-solver++` (20 steps, x0 thresholded)",
+        "",
+        "## Training",
+        "",
+    ]
+    if info:
+        rows = [
+            ("dataset", info.get("dataset")),
+            ("image size", f"{info.get('image_size', size)} px, {info.get('channels', channels)} channel(s)"),
+            ("training steps", info.get("num_train_steps")),
+            ("batch size (global)", info.get("batch_size")),
+            ("learning rate", info.get("learning_rate")),
+            ("diffusion steps T", info.get("num_train_timesteps", T)),
+            ("beta schedule", betas),
+            ("prediction", scheduler.get("prediction_type", "epsilon")),
+            ("backbone", f"`{backbone}`, {_fmt_count(num_parameters)} parameters"),
+            (
+                "EMA decay",
+                None
+                if info.get("ema_decay") is None
+                else f"{info['ema_decay']}"
+                + (
+                    f" (reached {info['ema_decay_reached']:.4g})"
+                    if isinstance(info.get("ema_decay_reached"), int | float)
+                    else ""
+                ),
+            ),
+            ("mixed precision", info.get("mixed_precision")),
+            (
+                "hardware",
+                f"{info.get('hardware', 'unknown')}"
+                + (f" x {info['num_processes']} processes" if (info.get("num_processes") or 1) > 1 else ""),
+            ),
+            ("wall time", _fmt_seconds(info.get("wall_time_s"))),
+            (
+                "final loss",
+                f"{info['final_loss']:.4g}" if isinstance(info.get("final_loss"), int | float) else None,
+            ),
+            ("ddpm-hub version", info.get("ddpm_hub_version")),
+        ]
+        lines += ["| | |", "| --- | --- |"]
+        lines += [f"| {k} | {v} |" for k, v in rows if v is not None]
+        lines += ["", "Objective: the noise-prediction MSE of the DDPM paper, on images scaled to [-1, 1]."]
+    else:
+        lines += [
+            "No training record (train_info.json) came with this pipeline. What the files say:",
+            "",
+            f"- backbone `{backbone}`, {_fmt_count(num_parameters)} parameters",
+            f"- diffusion steps T = {T}, beta schedule {betas}",
+        ]
+    if "loss.png" in images:
+        lines += ["", "![Training loss](loss.png)"]
+    lines += ["", "## Requirements", ""]
+    lines += [f"- `{dist}`" + (f" (trained with {ver})" if ver else "") for dist, ver in reqs]
+    lines += [
+        "",
+        "A backbone or schedule from a plugin needs that plugin installed; `load_pipeline` names the "
+        "distribution to install when one is missing.",
+        "",
+    ]
+
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))
+    path = pipeline_dir / "README.md"
+    card.save(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Push
+# --------------------------------------------------------------------------------------------------
+
+
+def _stage(pipeline_dir: Path, run_dir: Path | None, staging: Path) -> list[str]:
+    """Copy the files that a push uploads into ``staging``; return their relative paths."""
+    staged = []
+    for src in sorted(pipeline_dir.rglob("*")):
+        rel = src.relative_to(pipeline_dir).as_posix()
+        if src.is_file() and any(fnmatch(rel, p) for p in PUSH_PATTERNS):
+            dst = staging / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+            staged.append(rel)
+    for name in RUN_IMAGES:
+        if run_dir is not None and name not in staged and (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, staging / name)
+            staged.append(name)
+    return staged
+
+
+def check_push_settings(repo_id: str | None, push: bool = True) -> None:
+    """Raise ValueError unless ``repo_id`` is a NAMESPACE/NAME repo id and, for a push, a token is available.
+
+    Training calls this before it starts when ``push_to_hub`` is on, so that a missing login fails in
+    seconds instead of after hours of training. Nothing goes over the network.
+    """
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if repo_id is None:
+        raise ValueError("push_to_hub needs hub_repo_id, the Hub repo to push to (NAMESPACE/NAME)")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise ValueError(
+            f"invalid Hub repo id {repo_id!r}: use NAMESPACE/NAME, for example me/ddpm-mnist ({exc})"
+        ) from exc
+    if "/" not in repo_id:
+        raise ValueError(
+            f"invalid Hub repo id {repo_id!r}: give the namespace too, as NAMESPACE/NAME (me/{repo_id})"
+        )
+    if push and get_token() is None:
+        raise ValueError(
+            f"pushing to {repo_id} needs a Hub token with write access and none is set: log in with "
+            "`hf auth login` or set HF_TOKEN first"
+        )
+
+
+def push(
+    run_or_pipeline_dir: str | Path,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+    license: str = "apache-2.0",
+):
+    """Push a trained pipeline (a run folder or a pipeline folder) to the Hub repo ``repo_id``.
+
+    Creates the repo if needed (``private`` applies only then) and the branch ``revision`` if it does not
+    exist yet (from ``main``), then uploads in one commit: the pipeline folder (configs and safetensors
+    weights), the model card (the folder's ``README.md``, its ``NS/NAME`` placeholder filled in, or one
+    written now from the run's ``train_info.json``), ``samples.png`` and ``loss.png``. Stale files inside the component folders are
+    deleted, so that the repo holds exactly the pushed weights. Returns huggingface_hub's ``CommitInfo``
+    (``.oid`` is the commit sha, loadable later with ``load_pipeline(repo_id, revision=sha)``).
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .pipeline import check_pipeline_folder
+
+    check_push_settings(repo_id, push=False)
+    pipeline_dir, run_dir = resolve_run(run_or_pipeline_dir)
+    index = check_pipeline_folder(pipeline_dir)
+
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="ddpm-hub-push-") as tmp:
+        staging = Path(tmp) / "repo"
+        staging.mkdir()
+        staged = _stage(pipeline_dir, run_dir, staging)
+        card = staging / "README.md"
+        if "README.md" not in staged:
+            write_model_card(staging, read_train_info(run_dir), repo_id=repo_id, license=license)
+        elif CARD_PLACEHOLDER in (text := card.read_text()):
+            card.unlink()  # a hard link to the user's file: write a new one
+            card.write_text(text.replace(CARD_PLACEHOLDER, repo_id))
+        components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list)]
+
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            if revision is not None:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=staging,
+                revision=revision,
+                commit_message=commit_message or f"Upload DDPM pipeline with ddpm-hub ({len(staged)} files)",
+                delete_patterns=[f"{c}/*" for c in components],
+            )
+        except HfHubHTTPError as exc:
+            raise _push_error(exc, repo_id, token) from exc
+
+
+def _push_error(exc, repo_id: str, token: str | None) -> HubPushError:
+    from huggingface_hub import constants, get_token
+
+    status = exc.response.status_code if exc.response is not None else None
+    login = "log in with `hf auth login`, set HF_TOKEN, or pass a token (--token)"
+    if status == 401:
+        has_token = bool(token) or get_token() is not None
+        why = "the Hub rejected your token" if has_token else "you are not logged in"
+        return HubPushError(f"pushing to {repo_id} needs a Hub token with write access and {why}: {login}")
+    if status == 403:
+        return HubPushError(
+            f"your token cannot write to {repo_id} on {constants.ENDPOINT}: push to your own namespace or an "
+            f"organization you can write to, or use a token with write access ({exc})"
+        )
+    return HubPushError(f"pushing to {repo_id} failed: {exc}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Pull
+# --------------------------------------------------------------------------------------------------
+
+
+def is_repo_id(name: str) -> bool:
+    """Whether ``name`` is a valid Hub repo id (NS/NAME or NAME)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def check_repo_files(files: list[str], repo_id: str, revision: str | None = None) -> None:
+    """Refuse a Hub repo from its file list, before downloading: not a pipeline, or pickle-only weights."""
+    at = f"Hub repo {repo_id}" + (f" at revision {revision}" if revision else "")
+    if "model_index.json" not in files:
+        raise HubLoadError(
+            f"{at} is not a diffusers pipeline: it has no model_index.json (its files: "
+            f"{', '.join(sorted(files)[:12])}). Push a pipeline folder with `ddpm-hub push` or "
+            "`DDPMHubPipeline.push_to_hub`",
+            "incomplete",
+            repo_id,
+            revision,
+        )
+    unet = [f for f in files if f.startswith("unet/")]
+    if not any(f.endswith(".safetensors") for f in unet):
+        pickles = [f for f in unet if f.endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            raise HubLoadError(
+                f"{at} holds its unet weights only as pickle files ({', '.join(pickles)}); ddpm-hub loads "
+                "safetensors only, since unpickling a downloaded file can run arbitrary code, and did not "
+                "download them. Ask the author to add safetensors weights, or convert them yourself where you "
+                "trust the file (load it, then save_pretrained(..., safe_serialization=True))",
+                "pickle_only",
+                repo_id,
+                revision,
+            )
+        raise HubLoadError(
+            f"{at} is an incomplete pipeline: unet/ has no .safetensors weights",
+            "incomplete",
+            repo_id,
+            revision,
+        )
+
+
+def _hub_error(
+    exc: Exception,
+    repo_id: str,
+    revision: str | None,
+    token: str | bool | None,
+    cache_dir: str | Path | None = None,
+) -> HubLoadError:
+    """A HubLoadError with a message that says what happened and what to do."""
+    from huggingface_hub import constants, get_token
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    endpoint = constants.ENDPOINT
+    at = f"Hub repo {repo_id}" + (f" (revision {revision})" if revision else "")
+    logged_in = bool(token) if token is not None else get_token() is not None
+    login = "log in with `hf auth login`, set HF_TOKEN, or pass token="
+    if isinstance(exc, GatedRepoError):
+        return HubLoadError(
+            f"{at} is gated: request access on {endpoint}/{repo_id}, then {login}",
+            "authentication",
+            repo_id,
+            revision,
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        if not logged_in:
+            return HubLoadError(
+                f"{at} was not found on {endpoint}, or it is private and needs authentication: you are not "
+                f"logged in. Check the repo id (NAMESPACE/NAME), or {login}",
+                "authentication",
+                repo_id,
+                revision,
+            )
+        return HubLoadError(
+            f"{at} was not found on {endpoint}: check the repo id (NAMESPACE/NAME). If it is private, make sure "
+            "your token can read it",
+            "repo_not_found",
+            repo_id,
+            revision,
+        )
+    if isinstance(exc, RevisionNotFoundError):
+        return HubLoadError(
+            f"Hub repo {repo_id} has no revision {revision!r}: give an existing branch, tag or commit sha "
+            f"(see {endpoint}/{repo_id}/tree/main), or leave revision out for main",
+            "revision_not_found",
+            repo_id,
+            revision,
+        )
+    if isinstance(exc, LocalEntryNotFoundError):
+        offline = constants.HF_HUB_OFFLINE
+        cause = exc.__cause__
+        why = (
+            "offline mode is on (HF_HUB_OFFLINE=1)"
+            if offline
+            else f"the Hub ({endpoint}) cannot be reached"
+            + (f" ({type(cause).__name__}: {str(cause).splitlines()[0]})" if cause is not None else "")
+        )
+        return HubLoadError(
+            f"{at} is not in the local cache ({cache_dir or constants.HF_HUB_CACHE}) and {why}. Download it once "
+            "while online"
+            + (", or unset HF_HUB_OFFLINE" if offline else ", or check your connection")
+            + "; a local pipeline folder also works",
+            "offline_not_cached",
+            repo_id,
+            revision,
+        )
+    if (
+        isinstance(exc, HfHubHTTPError)
+        and exc.response is not None
+        and exc.response.status_code in (401, 403)
+    ):
+        return HubLoadError(
+            f"{at}: the Hub refused the token ({exc.response.status_code}): {login} with a "
+            "valid token that can read the repo",
+            "authentication",
+            repo_id,
+            revision,
+        )
+    return HubLoadError(f"{at} could not be loaded: {exc}", "http", repo_id, revision)
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """The connection errors of the HTTP client huggingface_hub uses (httpx2 in 2.x, httpx in 1.x)."""
+    errors: list[type[Exception]] = [ConnectionError, TimeoutError]
+    for module in ("httpx2", "httpx"):
+        with contextlib.suppress(ImportError, AttributeError):
+            errors.append(__import__(module).TransportError)
+    return tuple(errors)
+
+
+def download_pipeline(
+    repo_id: str,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """Download a pipeline repo into the Hugging Face cache (safetensors/json/md/png only); return its folder.
+
+    Online, the repo's file list is checked first (:func:`check_repo_files`); offline
+    (``HF_HUB_OFFLINE=1``) or with the Hub unreachable, the cached snapshot is used.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        try:
+            info = HfApi().model_info(repo_id, revision=revision, token=token)
+        except (OfflineModeIsEnabled, *_transport_errors()):
+            info = None  # offline: snapshot_download looks in the cache
+        except (RepositoryNotFoundError, RevisionNotFoundError):
+            raise
+        except HfHubHTTPError as exc:
+            if exc.response is not None and exc.response.status_code in (401, 403):
+                raise
+            info = None  # the Hub is in trouble (5xx ...): snapshot_download falls back to the cache
+        if info is not None:
+            check_repo_files([s.rfilename for s in info.siblings or []], repo_id, revision)
+        folder = snapshot_download(
+            repo_id, revision=revision, allow_patterns=PULL_PATTERNS, token=token, cache_dir=cache_dir
+        )
+    except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
+        raise _hub_error(exc, repo_id, revision, token, cache_dir) from exc
+    return Path(folder)

@@ -1,0 +1,567 @@
+"""Push and pull through the Hub: unmodified huggingface_hub / diffusers client code against the loopback
+Hub of tests/hub_server.py (the ``hub_server`` fixture)."""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+
+from ddpm_hub import DDPMHubPipeline, DDPMHubScheduler, UNet, load_pipeline
+from ddpm_hub.cli import main as cli_main
+from ddpm_hub.hub import HubLoadError, HubPushError, push, write_model_card
+
+T = 32  # diffusion steps: small enough that sampling the full reverse loop takes well under a second
+_names = itertools.count()
+
+
+def unique_repo(user: str, stem: str) -> str:
+    return f"{user}/{stem}-{os.getpid()}-{next(_names)}"
+
+
+def tiny_unet(seed: int = 0) -> UNet:
+    torch.manual_seed(seed)
+    unet = UNet(
+        sample_size=8,
+        in_channels=1,
+        base_channels=8,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        dropout=0.0,
+        norm_num_groups=4,
+    )
+    with torch.no_grad():  # the output layer starts at zero: perturb all weights so that models differ
+        for p in unet.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return unet
+
+
+def sample(pipe, seed: int = 0, **kwargs) -> torch.Tensor:
+    return pipe(
+        batch_size=2, generator=torch.Generator().manual_seed(seed), output_type="pt", **kwargs
+    ).images
+
+
+TRAIN_INFO = {
+    "dataset": "mnist5k",
+    "image_size": 8,
+    "channels": 1,
+    "num_train_steps": 1234,
+    "batch_size": 64,
+    "learning_rate": 2e-4,
+    "num_train_timesteps": T,
+    "beta_schedule": "linear",
+    "backbone": "unet",
+    "num_parameters": 54321,
+    "mixed_precision": "bf16",
+    "ema_decay": 0.995,
+    "hardware": "CPU (test machine)",
+    "num_processes": 2,
+    "wall_time_s": 754.0,
+    "final_loss": 0.0421,
+    "ddpm_hub_version": "0.1.0",
+    "plugins": [{"distribution": "ddpm-hub-schedules", "version": "0.3.1"}],
+}
+
+
+def make_run(root: Path, seed: int = 0) -> Path:
+    """A training run folder as `ddpm-hub train` lays it out, with things a push must leave behind."""
+    run = root / f"run-{seed}"
+    DDPMHubPipeline(tiny_unet(seed), DDPMHubScheduler(num_train_timesteps=T)).save_pretrained(
+        run / "pipeline"
+    )
+    from PIL import Image
+
+    Image.new("L", (20, 20), 128).save(run / "samples.png")
+    Image.new("RGB", (30, 20), (200, 10, 10)).save(run / "loss.png")
+    (run / "train_info.json").write_text(json.dumps(TRAIN_INFO))
+    (run / "config.yaml").write_text("dataset: mnist5k\n")
+    (run / "checkpoints" / "checkpoint-10").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint-10" / "optimizer.bin").write_bytes(b"\x80\x04pickle")
+    (run / "checkpoints" / "checkpoint-10" / "model.safetensors").write_bytes(b"x")
+    (run / "logs").mkdir()
+    (run / "logs" / "events.out.tfevents.1").write_bytes(b"tb")
+    (run / "samples").mkdir()
+    Image.new("L", (20, 20), 0).save(run / "samples" / "step-10.png")
+    return run
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return make_run(tmp_path)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    """An empty Hugging Face cache for this test."""
+    return tmp_path / "hf-cache"
+
+
+# -- the push ---------------------------------------------------------------------------------------
+
+
+def test_push_uploads_pipeline_card_and_images_never_checkpoints_logs_or_config(hub_server, run_dir):
+    repo_id = unique_repo(hub_server.user, "ddpm-mnist")
+    info = push(run_dir, repo_id)
+
+    files = hub_server.files(repo_id)
+    assert info.oid == hub_server.repo(repo_id).branches["main"]
+    assert sorted(files) == [
+        ".gitattributes",
+        "README.md",
+        "loss.png",
+        "model_index.json",
+        "samples.png",
+        "scheduler/scheduler_config.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+    ]
+    assert files["unet/diffusion_pytorch_model.safetensors"].lfs is not None  # weights travel as LFS
+    # the user's run folder is left as it was: the card was written into a staging folder
+    assert not (run_dir / "pipeline" / "README.md").exists()
+
+    api = HfApi()
+    infos = {i.path: i for i in api.get_paths_info(repo_id, ["unet", "README.md", "nope"])}
+    assert sorted(infos) == ["README.md", "unet"] and infos["README.md"].size == files["README.md"].size
+    assert api.file_exists(repo_id, "unet/config.json") and not api.file_exists(repo_id, "unet/x.bin")
+    assert api.repo_exists(repo_id) and not api.repo_exists(f"{hub_server.user}/nope")
+    model = api.model_info(repo_id)
+    assert model.library_name == "diffusers"
+    assert model.pipeline_tag == "unconditional-image-generation"
+    assert {"ddpm", "ddpm-hub", "diffusers", "unconditional-image-generation"} <= set(model.tags)
+    assert model.card_data["datasets"] == ["ylecun/mnist"]
+    assert model.card_data["license"] == "apache-2.0"
+
+
+def test_model_card_says_how_it_was_trained_and_how_to_load_it(tmp_path, run_dir):
+    path = write_model_card(run_dir / "pipeline", TRAIN_INFO, repo_id="me/ddpm-mnist", license="mit")
+    card = ModelCard.load(path)
+    assert card.data.library_name == "diffusers"
+    assert card.data.license == "mit"
+    assert card.data.pipeline_tag == "unconditional-image-generation"
+    text = card.text
+    for expected in (
+        "mnist5k",
+        "| training steps | 1234 |",
+        "| batch size (global) | 64 |",
+        f"| diffusion steps T | {T} |",
+        "linear (beta_start=",
+        "`unet`, 54.3k parameters",
+        "CPU (test machine) x 2 processes",
+        "12.6 min",
+        "bf16",
+        "0.0421",
+        "![Samples from this model](samples.png)",
+        "![Training loss](loss.png)",
+        'pipe = load_pipeline("me/ddpm-mnist")',
+        "ddpm-hub sample me/ddpm-mnist",
+        "`ddpm-hub-schedules` (trained with 0.3.1)",
+        "'ddpm-hub-schedules>=0.3.1'",
+        "dpm-solver++",
+    ):
+        assert expected in text, expected
+    # the images the card shows sit next to it
+    assert (run_dir / "pipeline" / "samples.png").is_file() and (run_dir / "pipeline" / "loss.png").is_file()
+
+    # without a training record the card says so, and counts the parameters from the weights
+    bare = tmp_path / "bare"
+    unet = tiny_unet()
+    DDPMHubPipeline(unet, DDPMHubScheduler(num_train_timesteps=T)).save_pretrained(bare)
+    text = ModelCard.load(write_model_card(bare, None)).text
+    assert "No training record" in text
+    n = sum(p.numel() for p in unet.parameters())
+    assert f"{n / 1e3:.1f}k parameters" in text
+    assert "samples.png" not in text
+
+
+def test_a_card_written_at_training_time_gets_the_repo_id_when_pushed(hub_server, run_dir):
+    write_model_card(run_dir / "pipeline", TRAIN_INFO)  # as training does, before any repo exists
+    local = (run_dir / "pipeline" / "README.md").read_text()
+    assert 'load_pipeline("NS/NAME")' in local
+    repo_id = unique_repo(hub_server.user, "card")
+    push(run_dir, repo_id)
+    text = hub_server.files(repo_id)["README.md"].content.decode()
+    assert f'load_pipeline("{repo_id}")' in text and "NS/NAME" not in text
+    assert (run_dir / "pipeline" / "README.md").read_text() == local  # the user's file is untouched
+
+
+def test_push_settings_are_checked_without_the_network(hub_server, monkeypatch):
+    from ddpm_hub.hub import check_push_settings
+
+    check_push_settings(f"{hub_server.user}/model")
+    for bad, message in (
+        (None, "needs hub_repo_id"),
+        ("model", "give the namespace too"),
+        ("a b/c", "invalid"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            check_push_settings(bad)
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(ValueError, match="needs a Hub token with write access and none is set"):
+        check_push_settings(f"{hub_server.user}/model")
+    check_push_settings(f"{hub_server.user}/model", push=False)
+
+
+def test_push_errors_say_what_to_do(hub_server, run_dir, monkeypatch, capsys):
+    with pytest.raises(HubPushError, match="cannot write to someone-else/model.*your own namespace"):
+        push(run_dir, "someone-else/model")
+    with pytest.raises(
+        HubPushError, match="needs a Hub token with write access and the Hub rejected your token"
+    ):
+        push(run_dir, f"{hub_server.user}/model", token="hf_wrong")
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(HubPushError, match="you are not logged in: log in with `hf auth login`"):
+        push(run_dir, f"{hub_server.user}/model")
+    with pytest.raises(SystemExit, match="ddpm-hub push: error: .*you are not logged in"):
+        cli_main(["push", str(run_dir), "--repo-id", f"{hub_server.user}/model"])
+    with pytest.raises(SystemExit, match="ddpm-hub push: error: .*is not a pipeline folder"):
+        cli_main(["push", str(run_dir / "logs"), "--repo-id", f"{hub_server.user}/model"])
+    with pytest.raises(
+        SystemExit, match="ddpm-hub sample: error: 'bad id!' is neither an existing local folder"
+    ):
+        cli_main(["sample", "bad id!"])
+    with pytest.raises(SystemExit, match="ddpm-hub sample: error: .*not found .*you are not logged in"):
+        cli_main(["sample", f"{hub_server.user}/missing", "--num-images", "1"])
+
+
+# -- the round trip ---------------------------------------------------------------------------------
+
+
+def test_round_trip_push_then_pull_into_an_empty_cache_gives_the_same_images(hub_server, run_dir, cache):
+    repo_id = unique_repo(hub_server.user, "round-trip")
+    push(run_dir, repo_id)
+
+    pulled = load_pipeline(repo_id, cache_dir=cache)
+    local = load_pipeline(run_dir)
+    assert torch.equal(sample(pulled), sample(local))
+    assert torch.equal(
+        sample(pulled, sampler="ddim", num_inference_steps=5),
+        sample(local, sampler="ddim", num_inference_steps=5),
+    )
+    snapshot = next((cache / f"models--{repo_id.replace('/', '--')}" / "snapshots").iterdir())
+    assert not any(p.suffix in (".bin", ".pt", ".pth") for p in snapshot.rglob("*"))
+
+
+def tiny_train_config(output_dir: Path, **overrides):
+    from ddpm_hub.config import load_config
+
+    model = dict(
+        base_channels=8,
+        channel_mult=[1, 2],
+        num_res_blocks=1,
+        attention_resolutions=[],
+        dropout=0.0,
+        norm_num_groups=4,
+    )
+    values = {
+        "output_dir": str(output_dir),
+        "max_steps": 4,
+        "batch_size": 8,
+        "data.max_samples": 64,
+        "data.image_size": 8,
+        "data.num_workers": 0,
+        "model": model,
+        "scheduler": {"num_train_timesteps": T},
+        "sample_steps": 0,
+        "checkpointing_steps": 0,
+        "log_with": "none",
+        "num_sample_images": 4,
+        **overrides,
+    }
+    return load_config(None, list(values.items()))
+
+
+def test_train_with_push_to_hub_then_pull_into_an_empty_cache_gives_the_same_images(
+    hub_server, tmp_path, cache
+):
+    from ddpm_hub.train import train
+
+    repo_id = unique_repo(hub_server.user, "trained")
+    run = train(tiny_train_config(tmp_path / "run", push_to_hub=True, hub_repo_id=repo_id))
+    assert (run / "checkpoints").is_dir()  # left behind, as are logs and config.yaml
+    files = hub_server.files(repo_id)
+    assert not any(p.startswith(("checkpoints", "logs", "samples/")) or p.endswith(".yaml") for p in files)
+    assert {"README.md", "samples.png", "loss.png", "unet/diffusion_pytorch_model.safetensors"} <= set(files)
+    card = files["README.md"].content.decode()
+    assert f'load_pipeline("{repo_id}")' in card and "| training steps | 4 |" in card
+    assert HfApi().list_repo_commits(repo_id)[0].title.startswith("ddpm-hub train: 4 steps on mnist5k")
+
+    pulled = load_pipeline(repo_id, cache_dir=cache)
+    assert torch.equal(sample(pulled), sample(load_pipeline(run)))
+
+
+def test_push_to_hub_settings_are_checked_before_training(hub_server, tmp_path, monkeypatch):
+    from ddpm_hub.config import ConfigError
+
+    with pytest.raises(ConfigError, match="push_to_hub needs hub_repo_id"):
+        tiny_train_config(tmp_path / "a", push_to_hub=True).validate()
+    with pytest.raises(ConfigError, match="give the namespace too"):
+        tiny_train_config(tmp_path / "a", push_to_hub=True, hub_repo_id="model").validate()
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(ConfigError, match="needs a Hub token with write access and none is set"):
+        tiny_train_config(tmp_path / "a", push_to_hub=True, hub_repo_id="me/model").validate()
+    tiny_train_config(tmp_path / "a", hub_repo_id="me/model").validate()  # names the card's repo, no push
+
+
+def test_push_twice_makes_a_new_commit_and_the_old_revision_still_loads_by_sha(hub_server, tmp_path, cache):
+    repo_id = unique_repo(hub_server.user, "twice")
+    first = push(make_run(tmp_path, seed=1), repo_id, commit_message="first model")
+    second = push(make_run(tmp_path, seed=2), repo_id, commit_message="second model")
+    assert first.oid != second.oid
+    commits = HfApi().list_repo_commits(repo_id)
+    assert [c.title for c in commits[:2]] == ["second model", "first model"]
+
+    old = sample(load_pipeline(repo_id, revision=first.oid, cache_dir=cache))
+    new = sample(load_pipeline(repo_id, cache_dir=cache))
+    assert torch.equal(old, sample(load_pipeline(tmp_path / "run-1")))
+    assert torch.equal(new, sample(load_pipeline(tmp_path / "run-2")))
+    assert not torch.equal(old, new)
+    # a short sha works too
+    assert torch.equal(sample(load_pipeline(repo_id, revision=first.oid[:8], cache_dir=cache)), old)
+
+
+def test_push_to_a_new_branch_creates_it_and_leaves_main_alone(hub_server, tmp_path, cache):
+    repo_id = unique_repo(hub_server.user, "branches")
+    main_commit = push(make_run(tmp_path, seed=1), repo_id)
+    branch_commit = push(make_run(tmp_path, seed=2), repo_id, revision="exp/cosine")
+    refs = {b.name: b.target_commit for b in HfApi().list_repo_refs(repo_id).branches}
+    assert refs == {"main": main_commit.oid, "exp/cosine": branch_commit.oid}
+    assert torch.equal(
+        sample(load_pipeline(repo_id, revision="exp/cosine", cache_dir=cache)),
+        sample(load_pipeline(tmp_path / "run-2")),
+    )
+
+
+def test_private_push_and_pull_with_a_token(hub_server, run_dir, cache):
+    repo_id = unique_repo(hub_server.user, "private")
+    push(run_dir, repo_id, private=True)
+    assert hub_server.repo(repo_id).private
+    assert torch.equal(sample(load_pipeline(repo_id, cache_dir=cache)), sample(load_pipeline(run_dir)))
+
+
+def test_cli_push_then_sample_from_the_repo(hub_server, run_dir, tmp_path, capsys):
+    repo_id = unique_repo(hub_server.user, "cli")
+    assert (
+        cli_main(
+            [
+                "push",
+                str(run_dir),
+                "--repo-id",
+                repo_id,
+                "--revision",
+                "v1",
+                "--commit-message",
+                "from the cli",
+            ]
+        )
+        == 0
+    )
+    sha = hub_server.repo(repo_id).branches["v1"]
+    assert sha in capsys.readouterr().out
+    assert HfApi().list_repo_commits(repo_id, revision="v1")[0].title == "from the cli"
+    out = tmp_path / "grid.png"
+    assert (
+        cli_main(
+            [
+                "sample",
+                repo_id,
+                "--revision",
+                "v1",
+                "--num-images",
+                "4",
+                "--steps",
+                "4",
+                "--sampler",
+                "ddim",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    from PIL import Image
+
+    assert Image.open(out).size[0] > 8
+
+
+# -- offline ----------------------------------------------------------------------------------------
+
+
+def test_offline_loads_from_the_cache(hub_server, run_dir, cache, monkeypatch):
+    import huggingface_hub.constants
+
+    repo_id = unique_repo(hub_server.user, "offline")
+    info = push(run_dir, repo_id)
+    online = sample(load_pipeline(repo_id, cache_dir=cache))
+    load_pipeline(repo_id, revision=info.oid, cache_dir=cache)
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    n_requests = len(hub_server.state.requests)
+    assert torch.equal(sample(load_pipeline(repo_id, cache_dir=cache)), online)
+    assert torch.equal(sample(load_pipeline(repo_id, revision=info.oid, cache_dir=cache)), online)
+    assert len(hub_server.state.requests) == n_requests  # not one request went out
+
+    with pytest.raises(HubLoadError, match="not in the local cache .* offline mode is on") as err:
+        load_pipeline(repo_id, cache_dir=cache.parent / "other-cache")
+    assert err.value.reason == "offline_not_cached"
+
+
+def test_hub_down_loads_from_the_cache_or_says_it_cannot_be_reached(hub_server, run_dir, cache, monkeypatch):
+    repo_id = unique_repo(hub_server.user, "outage")
+    push(run_dir, repo_id)
+    online = sample(load_pipeline(repo_id, cache_dir=cache))
+    monkeypatch.setattr(hub_server.state, "outage", 503)
+    assert torch.equal(sample(load_pipeline(repo_id, cache_dir=cache)), online)
+    with pytest.raises(HubLoadError, match=r"not in the local cache .* cannot be reached \(.*503") as err:
+        load_pipeline(repo_id, cache_dir=cache.parent / "other-cache")
+    assert err.value.reason == "offline_not_cached"
+
+
+# -- errors -----------------------------------------------------------------------------------------
+
+
+def test_repo_not_found(hub_server, cache):
+    with pytest.raises(HubLoadError, match="was not found on http://127.0.0.1.*check the repo id") as err:
+        load_pipeline(f"{hub_server.user}/no-such-model", cache_dir=cache)
+    assert err.value.reason == "repo_not_found"
+
+
+def test_revision_not_found(hub_server, run_dir, cache):
+    repo_id = unique_repo(hub_server.user, "revisions")
+    push(run_dir, repo_id)
+    with pytest.raises(HubLoadError, match="has no revision 'v9'.*branch, tag or commit sha") as err:
+        load_pipeline(repo_id, revision="v9", cache_dir=cache)
+    assert err.value.reason == "revision_not_found"
+
+
+def test_private_repo_without_a_token_needs_authentication(hub_server, run_dir, cache, monkeypatch):
+    repo_id = unique_repo(hub_server.user, "secret")
+    push(run_dir, repo_id, private=True)
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(
+        HubLoadError, match="private and needs authentication: you are not logged in.*hf auth login"
+    ) as err:
+        load_pipeline(repo_id, cache_dir=cache)
+    assert err.value.reason == "authentication"
+    with pytest.raises(HubLoadError, match="refused the token") as err:
+        load_pipeline(repo_id, cache_dir=cache, token="hf_not_a_valid_token")
+    assert err.value.reason == "authentication"
+
+
+def test_invalid_repo_id_and_missing_local_folder(tmp_path):
+    with pytest.raises(ValueError, match="neither an existing local folder nor a valid Hub repo id"):
+        load_pipeline("not a repo!")
+    with pytest.raises(ValueError, match="neither an existing local folder nor a valid Hub repo id"):
+        load_pipeline("a/b/c")
+    with pytest.raises(FileNotFoundError, match="no pipeline folder at"):
+        load_pipeline(tmp_path / "missing")
+    with pytest.raises(ValueError, match="invalid Hub repo id"):
+        push(tmp_path, "bad id!")
+
+
+def _upload(repo_id: str, folder: Path) -> None:
+    api = HfApi()
+    api.create_repo(repo_id)
+    api.upload_folder(repo_id=repo_id, folder_path=folder)
+
+
+def test_pickle_only_repo_is_refused_without_downloading_the_pickle(hub_server, tmp_path, cache):
+    folder = tmp_path / "pickled"
+    DDPMHubPipeline(tiny_unet(), DDPMHubScheduler(num_train_timesteps=T)).save_pretrained(
+        folder, safe_serialization=False
+    )
+    assert (folder / "unet" / "diffusion_pytorch_model.bin").is_file()
+    repo_id = unique_repo(hub_server.user, "pickled")
+    _upload(repo_id, folder)
+
+    n_requests = len(hub_server.state.requests)
+    with pytest.raises(
+        HubLoadError, match=r"only as pickle files \(unet/diffusion_pytorch_model.bin\).*safetensors only"
+    ) as err:
+        load_pipeline(repo_id, cache_dir=cache)
+    assert err.value.reason == "pickle_only"
+    assert not any("/resolve/" in path for _, path in hub_server.state.requests[n_requests:])
+    assert not cache.exists() or not list(cache.rglob("*.bin"))
+
+
+def test_incomplete_pipeline_repo(hub_server, tmp_path, cache):
+    folder = tmp_path / "incomplete"
+    DDPMHubPipeline(tiny_unet(), DDPMHubScheduler(num_train_timesteps=T)).save_pretrained(folder)
+    (folder / "scheduler" / "scheduler_config.json").unlink()
+    repo_id = unique_repo(hub_server.user, "incomplete")
+    _upload(repo_id, folder)
+    with pytest.raises(
+        HubLoadError, match="not a complete pipeline.*the scheduler/ folder is missing"
+    ) as err:
+        load_pipeline(repo_id, cache_dir=cache)
+    assert err.value.reason == "incomplete"
+
+    no_index = tmp_path / "no-index"
+    (no_index / "unet").mkdir(parents=True)
+    (no_index / "unet" / "config.json").write_text("{}")
+    repo_id = unique_repo(hub_server.user, "not-a-pipeline")
+    _upload(repo_id, no_index)
+    with pytest.raises(HubLoadError, match="is not a diffusers pipeline: it has no model_index.json"):
+        load_pipeline(repo_id, cache_dir=cache)
+
+
+# -- diffusers' own push_to_hub ---------------------------------------------------------------------
+
+
+def test_stock_diffusers_ddpm_pipeline_pushed_by_diffusers_loads(hub_server, cache):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    )
+    stock = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=T))
+    repo_id = unique_repo(hub_server.user, "ddpm-stock")
+    stock.push_to_hub(repo_id)  # diffusers' own upload: create_repo, model card, upload_folder
+    assert "model_index.json" in hub_server.files(repo_id)
+
+    pipe = load_pipeline(repo_id, cache_dir=cache)
+    assert type(pipe.unet).__name__ == "UNet2DModel" and type(pipe.scheduler).__name__ == "DDPMScheduler"
+    expected = stock(
+        batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=T, output_type="np"
+    ).images
+    got = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert expected.shape == got.shape == (2, 8, 8, 1)
+    assert abs(expected - got).max() < 1e-5
+
+
+def test_ddpm_hub_pipeline_pushed_with_diffusers_push_to_hub_loads(hub_server, cache):
+    pipe = DDPMHubPipeline(tiny_unet(3), DDPMHubScheduler(num_train_timesteps=T))
+    repo_id = unique_repo(hub_server.user, "diffusers-push")
+    pipe.push_to_hub(repo_id)
+    assert torch.equal(sample(load_pipeline(repo_id, cache_dir=cache)), sample(pipe))
+
+
+# -- the loopback Hub itself ------------------------------------------------------------------------
+
+
+def test_loopback_hub_never_sends_a_body_on_head_errors(hub_server):
+    host, port = hub_server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("HEAD", f"/{hub_server.user}/no-such-model/resolve/main/model_index.json")
+    response = conn.getresponse()
+    assert response.status == 401 and response.getheader("X-Error-Code") == "RepoNotFound"
+    assert response.read() == b"" and response.getheader("Content-Length") == "0"
+    conn.request("GET", "/api/whoami-v2", headers={"Authorization": f"Bearer {hub_server.token}"})
+    response = conn.getresponse()  # the same keep-alive connection still works
+    assert json.loads(response.read())["name"] == hub_server.user
+    conn.close()
