@@ -14,11 +14,9 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
+from PIL import Image
 
 FAST = dict(model="", revision="", sampler="ddim", steps=5, num_images=2, seed=0)
 
@@ -230,12 +228,9 @@ def test_cli_space_serves_the_app(tmp_path):
         proc.wait(timeout=30)
 
 
-def test_model_from_the_loopback_hub(request, client, space_app):
+def test_model_from_the_loopback_hub(hub_server, client, space_app):
     """A model pushed to the (loopback) Hub loads by repo id and revision; Hub errors read as messages."""
-    try:
-        hub = request.getfixturevalue("hub_server")
-    except pytest.FixtureLookupError:
-        pytest.skip("needs the hub_server fixture of tests/hub_server.py (the Hub issue)")
+    hub = hub_server
     import uuid
 
     from huggingface_hub import HfApi

@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-pytest.importorskip("gradio")
-sync_api = pytest.importorskip("playwright.sync_api")
+from playwright import sync_api
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -25,10 +23,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="chromium is not installed (.ci/run installs it)"
-)
 
 
 @pytest.fixture(scope="module")
