@@ -1,0 +1,383 @@
+"""Sample quality: an offline Frechet distance for MNIST-like data, and the Inception FID/KID hook.
+
+FID (Heusel et al. 2017) compares generated and real images in the features of an ImageNet Inception
+network. Those weights are a download, and for 28x28 digits an ImageNet network is a poor judge anyway,
+so for MNIST-like data ddpm-hub measures the same statistics in the features of a small digit classifier
+(the "classifier Frechet distance", FD-MNIST, as in the MNIST experiments of the diffusion literature):
+
+- **Classifier.** ``MnistClassifier``, a 4-layer CNN (61k parameters), trained on rows 0..3999 of the
+  built-in MNIST-5k (``ddpm_hub/datasets/mnist5k.parquet``, shuffled, 400 digits per class) and shipped
+  as ``ddpm_hub/datasets/mnist5k_classifier.safetensors`` (240 kB). ``python -m ddpm_hub.evaluate
+  train-classifier OUT`` reproduces it (seeded; the file records its held-out accuracy, 95.3%).
+- **Reference.** rows 4000..4999 of MNIST-5k (the held-out split the classifier never saw, 1000 digits).
+  A diffusion model trained on the built-in dataset has seen these digits: the distance then measures
+  fit to the training distribution, as FID on CIFAR-10's training set does.
+- **Metrics.** ``fd`` (Frechet distance between Gaussians fitted to the 64-d penultimate features),
+  ``kid`` (the unbiased polynomial-kernel MMD of Binkowski et al. 2018, in the same features scaled by
+  the reference's RMS, mean over subsets), ``confidence`` (mean max class probability), ``entropy`` (mean
+  predictive entropy, nats) and ``class_histogram`` (fraction per predicted class: mode coverage). The
+  classifier is overconfident on pure noise (confidence 0.96 on uniform noise), so confidence and
+  entropy only qualify a low ``fd``; ``fd`` is the number to compare.
+
+Scale, for N = 1000 samples: 1000 real digits (rows 0..999) against the reference give fd 5 (finite-sample
+bias plus the classifier having trained on them), uniform noise 1090, and real digits plus Gaussian noise
+of std 0.1 / 0.2 / 0.4 give 17 / 61 / 367. See benchmarks/README.md for what trained models reach.
+The distance depends on the number of samples (it is biased upward for small N): compare numbers at
+the same N only.
+
+Inception FID/KID: not bundled (no network, and this build ships no Inception implementation);
+``inception_features`` raises a clear error that says how to get those numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DATASETS_DIR = Path(__file__).parent / "datasets"
+MNIST5K = DATASETS_DIR / "mnist5k.parquet"
+CLASSIFIER_WEIGHTS = DATASETS_DIR / "mnist5k_classifier.safetensors"
+#: rows of MNIST-5k the classifier trains on, and the held-out reference rows
+CLASSIFIER_ROWS = range(0, 4000)
+REFERENCE_ROWS = range(4000, 5000)
+#: environment variable naming local Inception weights for FID/KID
+INCEPTION_ENV = "DDPM_HUB_INCEPTION_WEIGHTS"
+BUILTIN_DATASET = "mnist5k"
+
+
+class MnistClassifier(nn.Module):
+    """A small digit CNN: 28x28x1 in [0, 1] -> 64-d features -> 10 logits."""
+
+    feature_dim = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)  # 28x28 -> pool -> 14x14
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)  # 14x14 -> pool -> 7x7
+        self.conv3 = nn.Conv2d(32, 64, 3, padding=1)  # 7x7 -> pool -> 3x3
+        self.fc = nn.Linear(64 * 3 * 3, self.feature_dim)
+        self.head = nn.Linear(self.feature_dim, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 28, 28) images in [0, 1] -> (B, 64) penultimate features."""
+        x = (x - 0.5) / 0.5
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv3(x)), 2)
+        return F.relu(self.fc(x.flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def _image_column(ds) -> str:
+    import datasets
+
+    for name, feature in ds.features.items():
+        if isinstance(feature, datasets.Image):
+            return name
+    raise ValueError(f"the dataset has no image column (columns: {list(ds.features)}); it needs one of type Image")
+
+
+def load_images(dataset: str | Path = BUILTIN_DATASET, rows: range | None = None) -> torch.Tensor:
+    """Images of a dataset as a (N, 1, 28, 28) float tensor in [0, 1] (grayscale, resized to 28x28).
+
+    ``dataset``: ``"mnist5k"`` (the built-in data; default rows: the held-out reference split), a
+    ``.parquet`` file, or a folder of images (``datasets``' imagefolder).
+    """
+    import datasets
+
+    if str(dataset) == BUILTIN_DATASET:
+        ds = datasets.load_dataset("parquet", data_files=str(MNIST5K), split="train")
+        rows = REFERENCE_ROWS if rows is None else rows
+    else:
+        path = Path(dataset).expanduser()
+        if path.is_file() and path.suffix == ".parquet":
+            ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+        elif path.is_dir():
+            ds = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
+        else:
+            raise FileNotFoundError(
+                f"dataset {str(dataset)!r} not found: give {BUILTIN_DATASET!r} (the built-in MNIST-5k), a .parquet "
+                "file with an image column, or a folder of images"
+            )
+    if rows is not None:
+        ds = ds.select(rows)
+    column = _image_column(ds)
+    from PIL import Image
+
+    arrays = []
+    for image in ds[column]:
+        image = image.convert("L")
+        if image.size != (28, 28):
+            image = image.resize((28, 28), Image.BILINEAR)
+        arrays.append(np.asarray(image, dtype=np.uint8))
+    return torch.from_numpy(np.stack(arrays)).unsqueeze(1).float() / 255.0
+
+
+def load_labels(rows: range) -> torch.Tensor:
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=str(MNIST5K), split="train").select(rows)
+    return torch.tensor(ds["label"])
+
+
+# ----------------------------------------------------------------------------------------- classifier
+
+
+def train_classifier(epochs: int = 8, seed: int = 0, batch_size: int = 64) -> tuple[MnistClassifier, float]:
+    """Train ``MnistClassifier`` on the classifier rows of MNIST-5k; return it and its held-out accuracy.
+
+    Adam 1e-3 with cosine decay, +-2 px random shifts; seeded, so it reproduces (up to float order).
+    """
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    x, y = load_images(BUILTIN_DATASET, CLASSIFIER_ROWS), load_labels(CLASSIFIER_ROWS)
+    model = MnistClassifier()
+    steps = epochs * math.ceil(len(x) / batch_size)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), batch_size):
+            idx = order[i : i + batch_size]
+            xb = F.pad(x[idx], (2, 2, 2, 2))
+            dx, dy = torch.randint(0, 5, (2,), generator=g).tolist()
+            xb = xb[:, :, dy : dy + 28, dx : dx + 28]
+            loss = F.cross_entropy(model(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    with torch.inference_mode():
+        xr, yr = load_images(BUILTIN_DATASET, REFERENCE_ROWS), load_labels(REFERENCE_ROWS)
+        accuracy = (model(xr).argmax(1) == yr).float().mean().item()
+    return model, accuracy
+
+
+def save_classifier(model: MnistClassifier, path: str | Path, accuracy: float, seed: int, epochs: int) -> None:
+    from safetensors.torch import save_model
+
+    metadata = {"held_out_accuracy": f"{accuracy:.4f}", "seed": str(seed), "epochs": str(epochs),
+                "train_rows": f"{CLASSIFIER_ROWS.start}..{CLASSIFIER_ROWS.stop - 1}",
+                "reference_rows": f"{REFERENCE_ROWS.start}..{REFERENCE_ROWS.stop - 1}"}
+    save_model(model, str(path), metadata=metadata)
+
+
+def load_classifier(path: str | Path | None = None) -> MnistClassifier:
+    """The shipped MNIST-5k classifier (or the safetensors file at ``path``), in eval mode."""
+    from safetensors.torch import load_model
+
+    path = Path(path) if path is not None else CLASSIFIER_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"classifier weights {path} not found; rebuild them with `python -m ddpm_hub.evaluate train-classifier {path}`"
+        )
+    model = MnistClassifier()
+    load_model(model, str(path))
+    return model.eval()
+
+
+# -------------------------------------------------------------------------------------------- metrics
+
+
+def _to_classifier_input(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) in [0, 1] -> (B, 1, 28, 28) in [0, 1] (channel mean, bilinear resize)."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be (batch, channels, H, W) in [0, 1], got shape {tuple(images.shape)}")
+    images = images.float()
+    if images.shape[1] != 1:
+        images = images.mean(1, keepdim=True)
+    if images.shape[-2:] != (28, 28):
+        images = F.interpolate(images, size=(28, 28), mode="bilinear", align_corners=False, antialias=True)
+    return images.clamp(0, 1)
+
+
+@torch.inference_mode()
+def classifier_outputs(images: torch.Tensor, classifier: MnistClassifier | None = None,
+                       batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, 64) float64, class probabilities (N, 10)) of images in [0, 1]."""
+    classifier = classifier or load_classifier()
+    images = _to_classifier_input(images)
+    feats, probs = [], []
+    for i in range(0, len(images), batch_size):
+        f = classifier.features(images[i : i + batch_size])
+        feats.append(f.double())
+        probs.append(classifier.head(f).softmax(-1))
+    return torch.cat(feats), torch.cat(probs)
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to feature sets a (N, D) and b (M, D).
+
+    ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)); the trace of the matrix square root is the sum
+    of the square roots of the eigenvalues of S_a^(1/2) S_b S_a^(1/2) (symmetric PSD, so ``eigh`` is exact
+    and stable where scipy's ``sqrtm`` of the non-symmetric product can go complex).
+    """
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"need two feature sets (N, D), (M, D) with N, M >= 2; got {tuple(a.shape)}, {tuple(b.shape)}")
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = torch.cov(a.T), torch.cov(b.T)
+    w, v = torch.linalg.eigh(s_a)
+    sqrt_a = (v * w.clamp_min(0).sqrt()) @ v.T
+    middle = torch.linalg.eigvalsh(sqrt_a @ s_b @ sqrt_a).clamp_min(0).sqrt().sum()
+    fd = (mu_a - mu_b).square().sum() + s_a.trace() + s_b.trace() - 2 * middle
+    return max(fd.item(), 0.0)
+
+
+def kernel_distance(a: torch.Tensor, b: torch.Tensor, subsets: int = 20, subset_size: int = 500,
+                    seed: int = 0) -> tuple[float, float]:
+    """KID-style unbiased MMD^2 with the kernel (x.y / D + 1)^3; (mean, std) over random subsets."""
+    a, b = a.double(), b.double()
+    d = a.shape[1]
+    m = min(subset_size, len(a), len(b))
+    if m < 2:
+        raise ValueError("kernel_distance needs at least 2 samples in each set")
+    g = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(subsets):
+        x = a[torch.randperm(len(a), generator=g)[:m]]
+        y = b[torch.randperm(len(b), generator=g)[:m]]
+        kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
+        off = (kxx.sum() - kxx.diagonal().sum() + kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+        values.append((off - 2 * kxy.mean()).item())
+    t = torch.tensor(values)
+    return t.mean().item(), (t.std().item() if len(values) > 1 else 0.0)
+
+
+@dataclass
+class Reference:
+    """Classifier features of the real images that generated samples are compared with."""
+
+    features: torch.Tensor
+    dataset: str
+    num_images: int
+
+    @classmethod
+    def from_dataset(cls, dataset: str | Path = BUILTIN_DATASET, classifier: MnistClassifier | None = None,
+                     max_images: int | None = None) -> Reference:
+        images = load_images(dataset)
+        if max_images is not None:
+            images = images[:max_images]
+        return cls(classifier_outputs(images, classifier)[0], str(dataset), len(images))
+
+
+_REFERENCE_CACHE: dict[str, Reference] = {}
+
+
+@dataclass
+class QualityReport:
+    """Sample quality of N images against a reference (see the module docstring for each metric)."""
+
+    fd: float
+    kid: float
+    kid_std: float
+    confidence: float
+    entropy: float
+    class_histogram: list[float]
+    num_samples: int
+    reference: str
+    num_reference: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        out.update(self.extra)
+        return out
+
+
+def evaluate_images(images: torch.Tensor, reference: Reference | str | Path = BUILTIN_DATASET,
+                    classifier: MnistClassifier | None = None) -> QualityReport:
+    """Classifier Frechet distance, KID, confidence and entropy of ``images`` ((N, C, H, W) in [0, 1])."""
+    classifier = classifier or load_classifier()
+    if not isinstance(reference, Reference):
+        key = str(reference)
+        if key not in _REFERENCE_CACHE or classifier is not None and key != BUILTIN_DATASET:
+            _REFERENCE_CACHE[key] = Reference.from_dataset(reference, classifier)
+        reference = _REFERENCE_CACHE[key]
+    if len(images) < 2:
+        raise ValueError(f"need at least 2 images to fit a Gaussian to, got {len(images)}")
+    feats, probs = classifier_outputs(images, classifier)
+    # the kernel sees features in units of the reference's RMS, so that x.y / D is O(1) as for Inception's
+    scale = reference.features.square().mean().sqrt()
+    kid, kid_std = kernel_distance(feats / scale, reference.features / scale)
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+    hist = torch.bincount(probs.argmax(-1), minlength=10).double() / len(probs)
+    return QualityReport(
+        fd=frechet_distance(feats, reference.features), kid=kid, kid_std=kid_std,
+        confidence=probs.max(-1).values.mean().item(), entropy=entropy.mean().item(),
+        class_histogram=[round(v, 4) for v in hist.tolist()], num_samples=len(images),
+        reference=reference.dataset, num_reference=reference.num_images,
+    )
+
+
+def generate(pipe, num_samples: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
+             batch_size: int = 256) -> torch.Tensor:
+    """``num_samples`` images (N, C, H, W) in [0, 1] from a pipeline, in batches, reproducibly."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    out = []
+    for i in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - i)
+        out.append(pipe(batch_size=n, generator=g, num_inference_steps=steps, sampler=sampler,
+                        output_type="pt").images)
+    return torch.cat(out)
+
+
+def evaluate_pipeline(pipe, num_samples: int = 1000, dataset: str | Path = BUILTIN_DATASET,
+                      sampler: str | None = None, steps: int | None = None, seed: int = 0,
+                      batch_size: int = 256) -> QualityReport:
+    """Generate ``num_samples`` images with ``pipe`` and score them against ``dataset``."""
+    if num_samples < 2:
+        raise ValueError(f"num_samples must be at least 2, got {num_samples}")
+    images = generate(pipe, num_samples, sampler, steps, seed, batch_size)
+    report = evaluate_images(images, dataset)
+    report.extra.update(sampler=sampler or type(pipe.scheduler).__name__, steps=steps, seed=seed)
+    return report
+
+
+def inception_features(images: torch.Tensor, weights: str | Path | None = None) -> torch.Tensor:
+    """Inception-v3 pool features for FID/KID: not available in this build; raises with what to do."""
+    weights = weights or os.environ.get(INCEPTION_ENV)
+    where = f"weights were given ({weights}), but " if weights else ""
+    raise RuntimeError(
+        f"FID/KID with Inception features: {where}ddpm-hub ships no Inception-v3 network and downloads "
+        "nothing. For MNIST-like data use the offline classifier metrics (`ddpm-hub eval MODEL --metric "
+        "mnist`, the default). For standard FID, write samples with `ddpm-hub sample` and score them with "
+        "a tool that bundles the Inception weights (pytorch-fid, torch-fidelity or clean-fid) on a "
+        f"machine that has them; {INCEPTION_ENV} is reserved for a local safetensors copy of those weights."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ddpm_hub.evaluate train-classifier OUT``: rebuild the shipped classifier weights."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ddpm_hub.evaluate", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train-classifier", help="train the MNIST-5k classifier and save it as safetensors")
+    p.add_argument("out", type=Path, nargs="?", default=CLASSIFIER_WEIGHTS)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    model, accuracy = train_classifier(epochs=args.epochs, seed=args.seed)
+    save_classifier(model, args.out, accuracy, args.seed, args.epochs)
+    print(f"wrote {args.out} (held-out accuracy {accuracy:.4f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
