@@ -167,13 +167,75 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="sample N images from a model and score them against real images (JSON)")
+    p.add_argument("model", help="a pipeline folder, a training run folder, or a Hub repo id (NS/NAME)")
+    p.add_argument(
+        "--dataset",
+        default="mnist5k",
+        help="reference images: mnist5k (the built-in held-out split), a .parquet file or an image folder",
+    )
+    p.add_argument("--num-samples", type=int, default=1000, help="images to generate (compare at equal N)")
+    p.add_argument(
+        "--sampler",
+        default=None,
+        help="a registered sampler: ddpm, ddim, dpm-solver++, ... (default: the model's own scheduler)",
+    )
+    p.add_argument("--steps", type=int, default=None, help="reverse steps (default: the sampler's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256, help="images generated per pipeline call")
+    p.add_argument(
+        "--metric",
+        choices=("mnist", "inception"),
+        default="mnist",
+        help="mnist: offline classifier Frechet distance/KID (MNIST-like data); inception: FID/KID "
+        "(not bundled: exits with how to get it)",
+    )
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from . import evaluate
+    from .pipeline import load_pipeline
+
+    if args.num_samples < 2:
+        raise SystemExit(
+            f"--num-samples must be at least 2 (a Gaussian is fitted to the samples), got {args.num_samples}"
+        )
+    if args.steps is not None and args.steps < 1:
+        raise SystemExit(f"--steps must be at least 1, got {args.steps}")
+    if args.metric == "inception":
+        try:
+            evaluate.inception_features(None)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
+    try:
+        reference = evaluate.Reference.from_dataset(args.dataset)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"--dataset: {exc}") from None
+    pipe = load_pipeline(args.model, revision=args.revision)
+    images = evaluate.generate(pipe, args.num_samples, args.sampler, args.steps, args.seed, args.batch_size)
+    report = evaluate.evaluate_images(images, reference).to_dict()
+    report.update(model=str(args.model), sampler=args.sampler, steps=args.steps, seed=args.seed)
+    text = json.dumps(report, indent=2)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="ddpm-hub", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ddpm-hub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_sample, _add_train, _add_plugins, _add_push, _add_space):
+    for add in (_add_sample, _add_train, _add_plugins, _add_push, _add_space, _add_eval):
         add(sub)
     return parser
 

@@ -25,14 +25,13 @@ of std 0.1 / 0.2 / 0.4 give 17 / 61 / 367. See benchmarks/README.md for what tra
 The distance depends on the number of samples (it is biased upward for small N): compare numbers at
 the same N only.
 
-Inception FID/KID: not bundled (no network, and this build ships no Inception implementation);
-``inception_features`` raises a clear error that says how to get those numbers.
+Inception FID/KID: not bundled (no network here, and no Inception-v3 implementation ships with ddpm-hub);
+``inception_features`` and ``ddpm-hub eval --metric inception`` raise a clear error saying how to get them.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +47,6 @@ CLASSIFIER_WEIGHTS = DATASETS_DIR / "mnist5k_classifier.safetensors"
 #: rows of MNIST-5k the classifier trains on, and the held-out reference rows
 CLASSIFIER_ROWS = range(0, 4000)
 REFERENCE_ROWS = range(4000, 5000)
-#: environment variable naming local Inception weights for FID/KID
-INCEPTION_ENV = "DDPM_HUB_INCEPTION_WEIGHTS"
 BUILTIN_DATASET = "mnist5k"
 
 
@@ -87,7 +84,9 @@ def _image_column(ds) -> str:
     for name, feature in ds.features.items():
         if isinstance(feature, datasets.Image):
             return name
-    raise ValueError(f"the dataset has no image column (columns: {list(ds.features)}); it needs one of type Image")
+    raise ValueError(
+        f"the dataset has no image column (columns: {list(ds.features)}); it needs one of type Image"
+    )
 
 
 def load_images(dataset: str | Path = BUILTIN_DATASET, rows: range | None = None) -> torch.Tensor:
@@ -168,12 +167,18 @@ def train_classifier(epochs: int = 8, seed: int = 0, batch_size: int = 64) -> tu
     return model, accuracy
 
 
-def save_classifier(model: MnistClassifier, path: str | Path, accuracy: float, seed: int, epochs: int) -> None:
+def save_classifier(
+    model: MnistClassifier, path: str | Path, accuracy: float, seed: int, epochs: int
+) -> None:
     from safetensors.torch import save_model
 
-    metadata = {"held_out_accuracy": f"{accuracy:.4f}", "seed": str(seed), "epochs": str(epochs),
-                "train_rows": f"{CLASSIFIER_ROWS.start}..{CLASSIFIER_ROWS.stop - 1}",
-                "reference_rows": f"{REFERENCE_ROWS.start}..{REFERENCE_ROWS.stop - 1}"}
+    metadata = {
+        "held_out_accuracy": f"{accuracy:.4f}",
+        "seed": str(seed),
+        "epochs": str(epochs),
+        "train_rows": f"{CLASSIFIER_ROWS.start}..{CLASSIFIER_ROWS.stop - 1}",
+        "reference_rows": f"{REFERENCE_ROWS.start}..{REFERENCE_ROWS.stop - 1}",
+    }
     save_model(model, str(path), metadata=metadata)
 
 
@@ -195,20 +200,23 @@ def load_classifier(path: str | Path | None = None) -> MnistClassifier:
 
 
 def _to_classifier_input(images: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) in [0, 1] -> (B, 1, 28, 28) in [0, 1] (channel mean, bilinear resize)."""
+    """(B, C, H, W) in [0, 1] -> (B, 1, 28, 28) in [0, 1] (channel mean; area downscale, bilinear upscale)."""
     if images.ndim != 4:
         raise ValueError(f"images must be (batch, channels, H, W) in [0, 1], got shape {tuple(images.shape)}")
     images = images.float()
     if images.shape[1] != 1:
         images = images.mean(1, keepdim=True)
-    if images.shape[-2:] != (28, 28):
-        images = F.interpolate(images, size=(28, 28), mode="bilinear", align_corners=False, antialias=True)
+    if images.shape[-2] > 28 and images.shape[-1] > 28:
+        images = F.interpolate(images, size=(28, 28), mode="area")  # box filter, as PIL's reduce
+    elif images.shape[-2:] != (28, 28):
+        images = F.interpolate(images, size=(28, 28), mode="bilinear", align_corners=False)
     return images.clamp(0, 1)
 
 
 @torch.inference_mode()
-def classifier_outputs(images: torch.Tensor, classifier: MnistClassifier | None = None,
-                       batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+def classifier_outputs(
+    images: torch.Tensor, classifier: MnistClassifier | None = None, batch_size: int = 500
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, 64) float64, class probabilities (N, 10)) of images in [0, 1]."""
     classifier = classifier or load_classifier()
     images = _to_classifier_input(images)
@@ -228,7 +236,9 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     and stable where scipy's ``sqrtm`` of the non-symmetric product can go complex).
     """
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"need two feature sets (N, D), (M, D) with N, M >= 2; got {tuple(a.shape)}, {tuple(b.shape)}")
+        raise ValueError(
+            f"need two feature sets (N, D), (M, D) with N, M >= 2; got {tuple(a.shape)}, {tuple(b.shape)}"
+        )
     a, b = a.double(), b.double()
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = torch.cov(a.T), torch.cov(b.T)
@@ -239,8 +249,9 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return max(fd.item(), 0.0)
 
 
-def kernel_distance(a: torch.Tensor, b: torch.Tensor, subsets: int = 20, subset_size: int = 500,
-                    seed: int = 0) -> tuple[float, float]:
+def kernel_distance(
+    a: torch.Tensor, b: torch.Tensor, subsets: int = 20, subset_size: int = 500, seed: int = 0
+) -> tuple[float, float]:
     """KID-style unbiased MMD^2 with the kernel (x.y / D + 1)^3; (mean, std) over random subsets."""
     a, b = a.double(), b.double()
     d = a.shape[1]
@@ -268,8 +279,12 @@ class Reference:
     num_images: int
 
     @classmethod
-    def from_dataset(cls, dataset: str | Path = BUILTIN_DATASET, classifier: MnistClassifier | None = None,
-                     max_images: int | None = None) -> Reference:
+    def from_dataset(
+        cls,
+        dataset: str | Path = BUILTIN_DATASET,
+        classifier: MnistClassifier | None = None,
+        max_images: int | None = None,
+    ) -> Reference:
         images = load_images(dataset)
         if max_images is not None:
             images = images[:max_images]
@@ -300,8 +315,11 @@ class QualityReport:
         return out
 
 
-def evaluate_images(images: torch.Tensor, reference: Reference | str | Path = BUILTIN_DATASET,
-                    classifier: MnistClassifier | None = None) -> QualityReport:
+def evaluate_images(
+    images: torch.Tensor,
+    reference: Reference | str | Path = BUILTIN_DATASET,
+    classifier: MnistClassifier | None = None,
+) -> QualityReport:
     """Classifier Frechet distance, KID, confidence and entropy of ``images`` ((N, C, H, W) in [0, 1])."""
     classifier = classifier or load_classifier()
     if not isinstance(reference, Reference):
@@ -318,28 +336,48 @@ def evaluate_images(images: torch.Tensor, reference: Reference | str | Path = BU
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
     hist = torch.bincount(probs.argmax(-1), minlength=10).double() / len(probs)
     return QualityReport(
-        fd=frechet_distance(feats, reference.features), kid=kid, kid_std=kid_std,
-        confidence=probs.max(-1).values.mean().item(), entropy=entropy.mean().item(),
-        class_histogram=[round(v, 4) for v in hist.tolist()], num_samples=len(images),
-        reference=reference.dataset, num_reference=reference.num_images,
+        fd=frechet_distance(feats, reference.features),
+        kid=kid,
+        kid_std=kid_std,
+        confidence=probs.max(-1).values.mean().item(),
+        entropy=entropy.mean().item(),
+        class_histogram=[round(v, 4) for v in hist.tolist()],
+        num_samples=len(images),
+        reference=reference.dataset,
+        num_reference=reference.num_images,
     )
 
 
-def generate(pipe, num_samples: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
-             batch_size: int = 256) -> torch.Tensor:
+def generate(
+    pipe,
+    num_samples: int,
+    sampler: str | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> torch.Tensor:
     """``num_samples`` images (N, C, H, W) in [0, 1] from a pipeline, in batches, reproducibly."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     out = []
     for i in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - i)
-        out.append(pipe(batch_size=n, generator=g, num_inference_steps=steps, sampler=sampler,
-                        output_type="pt").images)
+        out.append(
+            pipe(
+                batch_size=n, generator=g, num_inference_steps=steps, sampler=sampler, output_type="pt"
+            ).images
+        )
     return torch.cat(out)
 
 
-def evaluate_pipeline(pipe, num_samples: int = 1000, dataset: str | Path = BUILTIN_DATASET,
-                      sampler: str | None = None, steps: int | None = None, seed: int = 0,
-                      batch_size: int = 256) -> QualityReport:
+def evaluate_pipeline(
+    pipe,
+    num_samples: int = 1000,
+    dataset: str | Path = BUILTIN_DATASET,
+    sampler: str | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> QualityReport:
     """Generate ``num_samples`` images with ``pipe`` and score them against ``dataset``."""
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2, got {num_samples}")
@@ -349,16 +387,14 @@ def evaluate_pipeline(pipe, num_samples: int = 1000, dataset: str | Path = BUILT
     return report
 
 
-def inception_features(images: torch.Tensor, weights: str | Path | None = None) -> torch.Tensor:
-    """Inception-v3 pool features for FID/KID: not available in this build; raises with what to do."""
-    weights = weights or os.environ.get(INCEPTION_ENV)
-    where = f"weights were given ({weights}), but " if weights else ""
+def inception_features(images: torch.Tensor) -> torch.Tensor:
+    """Inception-v3 pool features for FID/KID: not available in this build; raises with what to do instead."""
     raise RuntimeError(
-        f"FID/KID with Inception features: {where}ddpm-hub ships no Inception-v3 network and downloads "
-        "nothing. For MNIST-like data use the offline classifier metrics (`ddpm-hub eval MODEL --metric "
-        "mnist`, the default). For standard FID, write samples with `ddpm-hub sample` and score them with "
-        "a tool that bundles the Inception weights (pytorch-fid, torch-fidelity or clean-fid) on a "
-        f"machine that has them; {INCEPTION_ENV} is reserved for a local safetensors copy of those weights."
+        "FID/KID with Inception features is not available: ddpm-hub bundles no Inception-v3 network and never "
+        "downloads weights. For MNIST-like data use the offline classifier metrics (`ddpm-hub eval MODEL "
+        "--metric mnist`, the default). For standard FID/KID, write samples with `ddpm-hub sample MODEL "
+        "--num-images N` and score them with pytorch-fid, torch-fidelity or clean-fid on a machine where their "
+        "Inception weights are installed"
     )
 
 
