@@ -1,0 +1,255 @@
+"""Training-step throughput and peak memory: ddpm-hub's UNet vs diffusers' UNet2DModel, side by side.
+
+Both models are built to the same architecture (the default MNIST config: 28 px, 1 channel, base 32,
+channel_mult (1, 2, 2), 2 res blocks, attention at 7x7): the same parameter count and FLOPs (counted
+with ``torch.utils.flop_counter``). Every variant below trains its own copy of the same initial weights
+on the same batches, noise and timesteps, so loss curves are comparable step by step; the variants run
+interleaved (A, B, C, A, B, C ...) in one process and the medians are reported as ratios to the
+textbook diffusers step (eager fp32, AdamW, ``loss.item()`` every step, as in diffusers'
+train_unconditional example). Peak memory: one subprocess per variant, the peak RSS (VmHWM, reset after
+the model, optimizer and data are built) of two training steps, minus the RSS before them.
+
+    python benchmarks/bench_train.py                     # default config, all variants
+    python benchmarks/bench_train.py --batch-size 64 --reps 5 --compile --json train.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import DEFAULT_UNET, build, interleaved, machine, matmul_peak, median  # noqa: E402
+
+#: fast-path pieces; each variant is a set of them on top of the textbook step
+PIECES = ("no_sync", "foreach", "fused", "channels_last", "bf16", "compile")
+
+
+def flops_per_image(model: torch.nn.Module, batch: int, size: int, channels: int) -> float:
+    x, t = torch.randn(batch, channels, size, size), torch.randint(0, 512, (batch,))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        F.mse_loss(model(x, t).sample, x).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+class Trainer:
+    """One model + optimizer + the step of a variant; steps through a fixed list of batches."""
+
+    def __init__(self, model: torch.nn.Module, pieces: set[str], batches: list, scheduler):
+        unknown = pieces - set(PIECES)
+        if unknown:
+            raise ValueError(f"unknown fast-path pieces {sorted(unknown)}; choose from {PIECES}")
+        self.pieces, self.batches, self.scheduler = pieces, batches, scheduler
+        self.model = model.to(memory_format=torch.channels_last) if "channels_last" in pieces else model
+        opt_kwargs = (
+            {"foreach": True} if "foreach" in pieces else {"fused": True} if "fused" in pieces else {}
+        )
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, **opt_kwargs)
+        self.forward = torch.compile(self.model) if "compile" in pieces else self.model
+        self.losses: list = []
+        self.i = 0
+
+    def step(self) -> int:
+        x0, noise, t = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        xt = self.scheduler.add_noise(x0, noise, t)
+        if "channels_last" in self.pieces:
+            xt = xt.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in self.pieces):
+            pred = self.forward(xt, t).sample
+        loss = F.mse_loss(pred.float(), noise)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.losses.append(loss.detach() if "no_sync" in self.pieces else loss.item())
+        return len(x0)
+
+    def loss_curve(self) -> list[float]:
+        return [float(v) for v in self.losses]
+
+
+def make_batches(n: int, batch: int, unet_kwargs: dict, seed: int = 0) -> list:
+    from ddpm_hub.evaluate import load_images
+
+    g = torch.Generator().manual_seed(seed)
+    data = load_images("mnist5k", range(0, n * batch)) * 2 - 1  # pre-decoded tensors: loading is not timed
+    c, s = unet_kwargs["in_channels"], unet_kwargs["sample_size"]
+    data = data.expand(-1, c, -1, -1)[:, :, :s, :s].contiguous()
+    return [
+        (
+            data[i * batch : (i + 1) * batch],
+            torch.randn(batch, c, s, s, generator=g),
+            torch.randint(0, 512, (batch,), generator=g),
+        )
+        for i in range(n)
+    ]
+
+
+def parse_variant(spec: str) -> tuple[str, set[str]]:
+    """'ddpm-hub+channels_last+no_sync' -> ('ddpm-hub', {'channels_last', 'no_sync'})."""
+    kind, *pieces = spec.split("+")
+    if kind not in ("ddpm-hub", "diffusers"):
+        raise ValueError(f"variant {spec!r} must start with ddpm-hub or diffusers")
+    return kind, set(pieces)
+
+
+def memory_child(spec: str, batch: int, steps: int) -> None:
+    """Run in a subprocess: print the peak RSS growth (MiB) of ``steps`` training steps of a variant."""
+    from ddpm_hub import DDPMHubScheduler
+
+    kind, pieces = parse_variant(spec)
+    trainer = Trainer(
+        build(kind, DEFAULT_UNET), pieces, make_batches(1, batch, DEFAULT_UNET), DDPMHubScheduler()
+    )
+
+    def status(key: str) -> int:  # KiB
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(key))
+
+    rss = status("VmRSS")
+    with contextlib.suppress(OSError):  # reset the peak-RSS mark (VmHWM): data loading does not count
+        Path("/proc/self/clear_refs").write_text("5")
+    for _ in range(steps):
+        trainer.step()
+    peak = status("VmHWM")
+    print(
+        json.dumps(
+            {"rss_before_mib": rss / 1024, "peak_mib": peak / 1024, "step_peak_mib": (peak - rss) / 1024}
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--reps", type=int, default=3, help="interleaved rounds (medians are reported)")
+    p.add_argument("--steps-per-rep", type=int, default=1)
+    p.add_argument(
+        "--compile", action="store_true", help="also measure torch.compile (slow to compile on CPU)"
+    )
+    p.add_argument("--variants", nargs="*", default=None, help="e.g. ddpm-hub+channels_last diffusers")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.memory_child:
+        memory_child(args.memory_child, args.batch_size, steps=2)
+        return {}
+
+    from ddpm_hub import DDPMHubScheduler
+
+    variants = args.variants or [
+        "diffusers",
+        "ddpm-hub",
+        "ddpm-hub+no_sync",
+        "ddpm-hub+fused",
+        "ddpm-hub+channels_last",
+        "ddpm-hub+bf16",
+        "ddpm-hub+no_sync+fused+channels_last",
+        "diffusers+no_sync+fused+channels_last",
+    ] + (["ddpm-hub+compile"] if args.compile else [])
+    result = {"machine": machine(), "batch_size": args.batch_size, "unet": DEFAULT_UNET}
+    print(json.dumps(result["machine"]), flush=True)
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, n=512, reps=3)}
+    result["matmul_peak_gflops"] = peak
+    print(f"matmul peak: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s", flush=True)
+
+    models = {kind: build(kind, DEFAULT_UNET) for kind in ("ddpm-hub", "diffusers")}
+    shape = (DEFAULT_UNET["sample_size"], DEFAULT_UNET["in_channels"])
+    for kind, m in models.items():
+        result[kind] = {
+            "parameters": sum(p.numel() for p in m.parameters()),
+            "train_gflop_per_image": flops_per_image(m, 4, *shape) / 1e9,
+        }
+        print(kind, result[kind], flush=True)
+
+    batches = make_batches(max(2, (1 + args.reps) * args.steps_per_rep), args.batch_size, DEFAULT_UNET)
+    scheduler = DDPMHubScheduler()
+    trainers = {}
+    for spec in variants:
+        kind, pieces = parse_variant(spec)
+        trainers[spec] = Trainer(copy.deepcopy(models[kind]), pieces, batches, scheduler)
+
+    def run(trainer):
+        return lambda: sum(trainer.step() for _ in range(args.steps_per_rep))
+
+    import time
+
+    compile_s = {}
+    for spec, trainer in trainers.items():
+        if "compile" in trainer.pieces:  # the first call compiles; time it separately
+            t = time.perf_counter()
+            trainer.step()
+            compile_s[spec] = time.perf_counter() - t
+            trainer.i, trainer.losses = 0, []
+    rates = interleaved({spec: run(tr) for spec, tr in trainers.items()}, args.reps)
+    base = median(rates["diffusers"]) if "diffusers" in rates else median(next(iter(rates.values())))
+    ref_curve = trainers["ddpm-hub"].loss_curve() if "ddpm-hub" in trainers else None
+    rows = []
+    for spec, r in rates.items():
+        kind, pieces = parse_variant(spec)
+        ips = median(r)
+        gflops = ips * result[kind]["train_gflop_per_image"]
+        curve = trainers[spec].loss_curve()
+        row = {
+            "variant": spec,
+            "images_per_s": ips,
+            "ratio_vs_diffusers": ips / base,
+            "gflops": gflops,
+            "pct_of_peak": 100 * gflops / peak["bf16" if "bf16" in pieces else "fp32"],
+            "loss_curve": curve,
+            "samples": r,
+        }
+        if ref_curve is not None and kind == "ddpm-hub":
+            row["max_loss_rel_diff_vs_fp32"] = max(
+                abs(a - b) / abs(b) for a, b in zip(curve, ref_curve, strict=False)
+            )
+        if spec in compile_s:
+            row["compile_s"] = compile_s[spec]
+        rows.append(row)
+        extra = f" compile {compile_s[spec]:.0f}s" if spec in compile_s else ""
+        drift = row.get("max_loss_rel_diff_vs_fp32")
+        print(
+            f"{spec:32s} {ips:7.2f} img/s  x{ips / base:5.2f}  {gflops:6.1f} GFLOP/s "
+            f"({row['pct_of_peak']:4.1f}% of peak)"
+            + (f"  loss drift {drift:.1e}" if drift is not None else "")
+            + extra,
+            flush=True,
+        )
+    result["throughput"] = rows
+
+    if not args.no_memory:
+        result["memory"] = {}
+        for spec in variants:
+            if "compile" in spec:
+                continue
+            out = subprocess.run(
+                [sys.executable, __file__, "--memory-child", spec, "--batch-size", str(args.batch_size)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            mem = json.loads(out.stdout.strip().splitlines()[-1])
+            result["memory"][spec] = mem
+            print(
+                f"{spec:32s} step peak +{mem['step_peak_mib']:.0f} MiB (process peak {mem['peak_mib']:.0f} MiB)",
+                flush=True,
+            )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
