@@ -90,14 +90,16 @@ def matmul_peak(dtype: torch.dtype, n: int = 1024, reps: int = 5) -> float:
 
 
 def interleaved(fns: dict[str, Callable[[], int]], reps: int) -> dict[str, list[float]]:
-    """Run each fn once to warm up, then ``reps`` rounds A, B, C, A, B, C ...; items/s of each call."""
+    """Run each fn once to warm up, then ``reps`` rounds A, B, C, then B, C, A ... (the order rotates so that
+    no variant always runs first); items/s of each call."""
     for fn in fns.values():
         fn()
+    names = list(fns)
     rates: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
+    for r in range(reps):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t = time.perf_counter()
-            n = fn()
+            n = fns[name]()
             rates[name].append(n / (time.perf_counter() - t))
     return rates
 
