@@ -681,8 +681,7 @@ def _finish(
 ) -> None:
     from . import __version__
     from .images import make_grid
-    from .pipeline import DDPMHubPipeline
-    from .plugins import plugin_info
+    from .pipeline import DDPMHubPipeline, pipeline_requirements
 
     net = ema_weights(unwrapped, ema)
     pipe = DDPMHubPipeline(unet=net, scheduler=scheduler)
@@ -725,7 +724,14 @@ def _finish(
         "final_loss": final_loss,
         "weights_sha256_per_process": digests,
         "ddpm_hub_version": __version__,
-        "plugins": [{"distribution": p["distribution"], "version": p["version"]} for p in plugin_info()],
+        # the distributions this model needs (its backbone's and schedule's), not every installed plugin
+        "plugins": [
+            {"distribution": dist, "version": version}
+            for dist, version in sorted(
+                {(r["distribution"], r["version"]) for r in pipeline_requirements(net, scheduler).values()}
+            )
+            if dist != "ddpm-hub"
+        ],
     }
     (run_dir / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
     try:  # the Hub module's model card, where it is installed

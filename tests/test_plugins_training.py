@@ -92,8 +92,9 @@ def test_train_save_and_sample_in_a_fresh_process(tmp_path, run_name):
     info = json.loads((run_dir / "train_info.json").read_text())
     assert (info["backbone"], info["beta_schedule"]) == (backbone, schedule)
     assert {"distribution": "ddpm-hub-schedules", "version": version("ddpm-hub-schedules")} in info["plugins"]
-    if backbone == "dit":
-        assert {"distribution": "ddpm-hub-dit", "version": version("ddpm-hub-dit")} in info["plugins"]
+    dit = {"distribution": "ddpm-hub-dit", "version": version("ddpm-hub-dit")}
+    # only the plugins this model needs: the UNet run must not ask its users to install the DiT plugin
+    assert (dit in info["plugins"]) == (backbone == "dit")
 
     # a fresh process loads the run (through the entry points, nothing imported by hand) and samples
     out = tmp_path / "fresh.npy"
