@@ -6,24 +6,19 @@ number of torch threads: shows how much intra-op threads cost when the cores are
 
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ddpm_hub import UNet
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import DEFAULT_UNET  # noqa: E402
+
 threads = int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads()
 torch.set_num_threads(threads)
-model = UNet(
-    sample_size=28,
-    in_channels=1,
-    base_channels=16,
-    channel_mult=(1, 2, 4),
-    num_res_blocks=1,
-    attention_resolutions=(7,),
-    dropout=0.0,
-    norm_num_groups=8,
-)
+model = UNet(**DEFAULT_UNET)
 optimizer = torch.optim.Adam(model.parameters(), 1e-3)
 x, t = torch.randn(64, 1, 28, 28), torch.randint(0, 512, (64,))
 for i in range(13):
