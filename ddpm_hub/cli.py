@@ -12,7 +12,11 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample an image grid from a pipeline folder, run folder or Hub repo")
     p.add_argument("model", help="a pipeline folder, a training run folder, or a Hub repo id (NS/NAME)")
     p.add_argument("--num-images", type=int, default=16)
-    p.add_argument("--sampler", default="ddpm", help="a registered sampler: ddpm, ddim, dpm-solver++, ...")
+    p.add_argument(
+        "--sampler",
+        default="ddpm",
+        help="a registered sampler: ddpm, sde-dpm-solver++, dpm-solver++, ddim, ...",
+    )
     p.add_argument("--steps", type=int, default=None, help="reverse steps (default: the sampler's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
@@ -179,7 +183,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sampler",
         default=None,
-        help="a registered sampler: ddpm, ddim, dpm-solver++, ... (default: the model's own scheduler)",
+        help="a registered sampler: ddpm, sde-dpm-solver++, dpm-solver++, ddim, ... (default: the model's own scheduler)",
     )
     p.add_argument("--steps", type=int, default=None, help="reverse steps (default: the sampler's)")
     p.add_argument("--seed", type=int, default=0)

@@ -135,7 +135,7 @@ class TrainConfig:
     sample_steps: int = 250
     num_sample_images: int = 16
     #: the sampler and steps of the grids made during training (null steps: the sampler's default)
-    sample_sampler: str = "dpm-solver++"
+    sample_sampler: str = "sde-dpm-solver++"
     sample_inference_steps: int | None = 20
     #: the sampler and steps of the final samples.png (ddpm with null steps: the seed's full reverse chain)
     final_sampler: str = "ddpm"

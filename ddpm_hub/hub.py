@@ -263,7 +263,8 @@ def write_model_card(
         "## Sampling",
         "",
         f"- default sampler: `ddpm`, ancestral sampling with the posterior variance over all {T} steps",
-        "- faster: `ddim` (50 steps, x0 clipped to [-1, 1]) and `dpm-solver++` (20 steps, x0 thresholded)",
+        "- faster: `sde-dpm-solver++` (20 steps, stochastic like the seed's loop, x0 thresholded), "
+        "`dpm-solver++` (20 steps, deterministic) and `ddim` (50 steps, x0 clipped to [-1, 1])",
         "",
         "## Training",
         "",

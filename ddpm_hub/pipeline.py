@@ -98,7 +98,8 @@ class DDPMHubPipeline(DiffusionPipeline):
             num_inference_steps: reverse steps; default all T for DDPM, the sampler's default otherwise.
             output_type: ``pil`` (list of PIL images), ``np`` (B, H, W, C floats in [0, 1]) or ``pt``
                 (B, C, H, W floats in [0, 1]).
-            sampler: a registered sampler name (``ddpm``, ``ddim``, ``dpm-solver++``); default: ``self.scheduler``.
+            sampler: a registered sampler name (``ddpm``, ``ddim``, ``dpm-solver++``, ``sde-dpm-solver++``);
+                default: ``self.scheduler``.
             callback_on_step_end: called after every step as ``callback(pipe, i, t, tensors)`` with
                 ``tensors = {"sample": x_{t-1}, "pred_original_sample": predicted x_0}``; a returned dict
                 may replace ``"sample"``.

@@ -1,7 +1,7 @@
 """Samplers: the scheduler used at generation time, built from the training scheduler's config.
 
 ``make_sampler(name, scheduler)`` looks ``name`` up in the sampler registry (core: ``ddpm``, ``ddim``,
-``dpm-solver++``; plugins add more) and builds a scheduler with the same betas.
+``dpm-solver++``, ``sde-dpm-solver++``; plugins add more) and builds a scheduler with the same betas.
 
 Why the few-step samplers clip x_0: with the T-scaled range alpha_bar_T is about 4e-5, so the x_0 that a
 sampler predicts at high t is the model's noise error amplified about 1/sqrt(4e-5) = 160 times. The
@@ -78,8 +78,29 @@ def dpm_solver_pp(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin
     )
 
 
+def sde_dpm_solver_pp(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, section 5 and appendix): DPM-Solver++ for the reverse SDE.
+
+    Each step adds fresh noise (from the pipeline's generator, so a seed still fixes the images), as the
+    seed's ancestral loop does; that noise washes out the model's errors instead of carrying them along the
+    deterministic ODE path. On the default 1000-step model it closes the gap to the 512-step chain that the
+    ODE solver leaves (classifier fd 37.8 vs 68.0 at 20 steps; ddpm-512: 40.3; benchmarks/README.md).
+    """
+    return DPMSolverMultistepScheduler.from_config(
+        _diffusers_config(config, betas),
+        algorithm_type="sde-dpmsolver++",
+        solver_order=2,
+        thresholding=True,
+        sample_max_value=1.0,
+        dynamic_thresholding_ratio=0.995,
+        timestep_spacing="trailing",
+        final_sigmas_type="zero",
+        lower_order_final=True,
+    )
+
+
 #: default number of inference steps per sampler (None: all T steps)
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20}
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20, "sde-dpm-solver++": 20}
 
 
 def make_sampler(name: str, scheduler: SchedulerMixin) -> SchedulerMixin:
@@ -96,3 +117,4 @@ def register_samplers(register):
     register("ddpm", ddpm)
     register("ddim", ddim)
     register("dpm-solver++", dpm_solver_pp)
+    register("sde-dpm-solver++", sde_dpm_solver_pp)

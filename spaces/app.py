@@ -188,7 +188,7 @@ def load_model(ref: ModelRef) -> ddpm_hub.DDPMHubPipeline:
 def sampler_names() -> list[str]:
     """Registered samplers, the core's first (``ddpm`` is the seed's loop)."""
     names = list(get_samplers())
-    core = [n for n in ("ddpm", "ddim", "dpm-solver++") if n in names]
+    core = [n for n in ("ddpm", "sde-dpm-solver++", "dpm-solver++", "ddim") if n in names]
     return core + sorted(n for n in names if n not in core)
 
 
@@ -403,7 +403,7 @@ def build_demo(
         default=ModelRef("local", str(DEFAULT_MODEL_DIR)),
     )
     samplers = sampler_names()
-    initial_sampler = "ddim" if "ddim" in samplers else samplers[0]
+    initial_sampler = "sde-dpm-solver++" if "sde-dpm-solver++" in samplers else samplers[0]
     concurrency = concurrency_limit or int(os.environ.get("DDPM_HUB_SPACE_CONCURRENCY", "2"))
     opts = dict(allow_local=allow_local, default=default)
     model_info = "a Hub repo id (namespace/name) or a preset; leave the default for the bundled model" + (
@@ -463,7 +463,7 @@ def build_demo(
                         value=initial_sampler,
                         label="Sampler",
                         elem_id="sampler",
-                        info="ddpm: the seed's loop, all T steps; ddim / dpm-solver++: fewer steps",
+                        info="ddpm: the seed's loop, all T steps; sde-dpm-solver++ (stochastic), dpm-solver++, ddim: fewer steps",
                     )
                     steps = gr.Slider(
                         1,

@@ -81,7 +81,7 @@ def test_generator_makes_it_reproducible(pipe):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm-solver++"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm-solver++", "sde-dpm-solver++"])
 def test_callback_sees_every_step_with_sample_and_predicted_x0(pipe, sampler):
     seen = []
 
@@ -135,9 +135,43 @@ def test_few_step_samplers_clip_the_predicted_x0():
     assert ddim.step(eps_error, t, x).pred_original_sample.abs().max() <= 1.0
 
 
+def test_sde_dpm_solver_draws_fresh_noise_from_the_pipeline_generator(pipe):
+    """The SDE variant adds noise at every step (the ODE one does not), drawn from the generator the pipeline
+    is given: the same seed gives the same images, and the images differ from the ODE solver's."""
+    ours = DDPMHubScheduler()
+    sde, ode = make_sampler("sde-dpm-solver++", ours), make_sampler("dpm-solver++", ours)
+    assert sde.config.algorithm_type == "sde-dpmsolver++" and ode.config.algorithm_type == "dpmsolver++"
+    assert sde.config.thresholding is True and sde.config.timestep_spacing == "trailing"
+    x, eps = torch.randn(2, 1, 8, 8, generator=gen()), 0.1 * torch.randn(2, 1, 8, 8, generator=gen(1))
+    steps = {}
+    for name, s in (("sde", sde), ("ode", ode)):
+        steps[name] = []
+        for seed in (5, 6):
+            s.set_timesteps(20)  # a fresh chain each time: the first step from the same x
+            steps[name].append(s.step(eps, s.timesteps[0], x, generator=gen(seed)).prev_sample)
+    assert not torch.equal(*steps["sde"])  # different step noise
+    assert torch.equal(*steps["ode"])  # deterministic
+
+    run = lambda seed: (
+        pipe(  # noqa: E731
+            batch_size=2,
+            generator=gen(seed),
+            sampler="sde-dpm-solver++",
+            num_inference_steps=6,
+            output_type="pt",
+        ).images
+    )
+    a, b, c = run(3), run(3), run(4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    ode_images = pipe(
+        batch_size=2, generator=gen(3), sampler="dpm-solver++", num_inference_steps=6, output_type="pt"
+    ).images
+    assert not torch.equal(a, ode_images)
+
+
 def test_samplers_keep_the_training_betas():
     ours = DDPMHubScheduler(beta_start=3e-4, beta_end=0.03)
-    for name in ("ddpm", "ddim", "dpm-solver++"):
+    for name in ("ddpm", "ddim", "dpm-solver++", "sde-dpm-solver++"):
         sampler = make_sampler(name, ours)
         torch.testing.assert_close(
             torch.as_tensor(sampler.alphas_cumprod).double(), ours.alphas_cumprod, rtol=1e-5, atol=1e-7

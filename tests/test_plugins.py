@@ -110,7 +110,9 @@ def test_plugin_info_reports_name_distribution_version_hooks_and_names():
         "backbones": ["dit"]
     }
     everything = {p["name"]: p for p in plugins.plugin_info(include_builtins=True)}
-    assert everything["ddpm_hub.samplers"]["registered"] == {"samplers": ["ddim", "ddpm", "dpm-solver++"]}
+    assert everything["ddpm_hub.samplers"]["registered"] == {
+        "samplers": ["ddim", "ddpm", "dpm-solver++", "sde-dpm-solver++"]
+    }
     assert everything["ddpm_hub.schedules"]["distribution"] == "ddpm-hub"
 
 
