@@ -152,15 +152,15 @@ def test_sde_dpm_solver_draws_fresh_noise_from_the_pipeline_generator(pipe):
     assert not torch.equal(*steps["sde"])  # different step noise
     assert torch.equal(*steps["ode"])  # deterministic
 
-    run = lambda seed: (
-        pipe(  # noqa: E731
+    def run(seed):
+        return pipe(
             batch_size=2,
             generator=gen(seed),
             sampler="sde-dpm-solver++",
             num_inference_steps=6,
             output_type="pt",
         ).images
-    )
+
     a, b, c = run(3), run(3), run(4)
     assert torch.equal(a, b) and not torch.equal(a, c)
     ode_images = pipe(
