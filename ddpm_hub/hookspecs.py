@@ -33,7 +33,10 @@ def register_samplers(register):
 
     Called once, when the registries are first used. Call ``register(name, factory)`` for each
     sampler, where ``factory(config: dict, betas: torch.Tensor) -> SchedulerMixin`` builds a diffusers
-    compatible scheduler from the training scheduler's config and its float64 betas. The name is what
+    compatible scheduler from the training scheduler's config and its float64 betas. Optional keywords:
+    ``register(name, factory, default_steps=20, min_steps=4)``: the steps used when none are asked for
+    (``None``, the default: all T steps) and the fewest steps that give a usable image; the CLI, the
+    pipeline and the Space refuse fewer than ``min_steps`` or more than T. The name is what
     ``--sampler`` on the command line, the Space and ``ddpm_hub.make_sampler`` accept. The return
     value of the hook is ignored.
     """

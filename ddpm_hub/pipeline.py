@@ -78,6 +78,22 @@ class DDPMHubPipeline(DiffusionPipeline):
             return alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * model_output
         return (sample - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()
 
+    def _resolve_steps(self, sampler: str | None, scheduler, steps: Any) -> int:
+        """The sampler's steps from its registry entry; for ``sampler=None`` the pipeline's own scheduler,
+        checked as the ``ddpm`` sampler when it is a DDPM scheduler."""
+        from .samplers import resolve_steps
+
+        T = int(scheduler.config.num_train_timesteps)
+        if sampler is not None:
+            return resolve_steps(sampler, steps, T)
+        if type(scheduler).__name__ in ("DDPMHubScheduler", "DDPMScheduler"):
+            return resolve_steps("ddpm", steps, T)
+        if steps is None:
+            return min(50, T)
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+            raise ValueError(f"num_inference_steps must be a whole number in [1, {T}], got {steps!r}")
+        return steps
+
     @torch.inference_mode()
     def __call__(
         self,
@@ -109,12 +125,7 @@ class DDPMHubPipeline(DiffusionPipeline):
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not supported; use one of {OUTPUT_TYPES}")
         scheduler = self.scheduler if sampler is None else self.make_sampler(sampler)
-        if num_inference_steps is None:
-            from .samplers import DEFAULT_STEPS
-
-            default = DEFAULT_STEPS.get(sampler) if sampler is not None else None
-            is_ddpm = type(scheduler).__name__ in ("DDPMHubScheduler", "DDPMScheduler")
-            num_inference_steps = default or (scheduler.config.num_train_timesteps if is_ddpm else 50)
+        num_inference_steps = self._resolve_steps(sampler, scheduler, num_inference_steps)
 
         # Seed, "Initialization": x = randn((bs, C, IMG_SIZE, IMG_SIZE))
         image = randn_tensor(

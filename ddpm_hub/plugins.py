@@ -54,6 +54,10 @@ class Entry:
     plugin: str
     distribution: str
     version: str
+    #: samplers only: the steps used when none are asked for (None: all T) and the fewest that give a
+    #: usable image; the CLI, the pipeline and the Space bound ``num_inference_steps`` by these
+    default_steps: int | None = None
+    min_steps: int = 1
 
 
 pm = pluggy.PluginManager("ddpm_hub")
@@ -205,7 +209,17 @@ def _collect() -> dict[str, dict[str, Entry]]:
             plugin_name = impl.plugin_name
             dist, version = _plugin_dists.get(plugin_name, (plugin_name, "unknown"))
 
-            def register(name: str, obj: Any, _kind=kind, _plugin=plugin_name, _dist=dist, _version=version):
+            def register(
+                name: str,
+                obj: Any,
+                *,
+                default_steps: int | None = None,
+                min_steps: int = 1,
+                _kind=kind,
+                _plugin=plugin_name,
+                _dist=dist,
+                _version=version,
+            ):
                 if not isinstance(name, str) or not name:
                     raise ValueError(
                         f"plugin {_plugin!r} registered a {_kind[:-1]} with an invalid name {name!r}"
@@ -220,7 +234,15 @@ def _collect() -> dict[str, dict[str, Entry]]:
                     )
                 if _kind == "backbones":
                     _check_backbone_class(name, obj, _plugin)
-                registry[name] = Entry(name, obj, _plugin, _dist, _version)
+                steps = {}
+                if _kind == "samplers":
+                    steps = _check_sampler_steps(name, _plugin, default_steps, min_steps)
+                elif default_steps is not None or min_steps != 1:
+                    raise ValueError(
+                        f"plugin {_plugin!r} passed default_steps/min_steps for the {_kind[:-1]} {name!r}; only "
+                        "samplers take them"
+                    )
+                registry[name] = Entry(name, obj, _plugin, _dist, _version, **steps)
 
             impl.function(register=register)
     return registries
@@ -241,6 +263,25 @@ def _check_backbone_class(name: str, cls: Any, plugin: str) -> None:
             f"plugin {plugin!r} registered backbone {name!r} ({cls.__name__}) whose config lacks {missing}; every "
             "backbone's __init__ takes sample_size, in_channels and out_channels (see CONTRIBUTING.md)"
         )
+
+
+def _check_sampler_steps(
+    name: str, plugin: str, default_steps: int | None, min_steps: int
+) -> dict[str, Any]:
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    if not positive_int(min_steps) or not (default_steps is None or positive_int(default_steps)):
+        raise ValueError(
+            f"plugin {plugin!r} registered the sampler {name!r} with default_steps={default_steps!r}, "
+            f"min_steps={min_steps!r}; both must be positive integers (default_steps=None: all T steps)"
+        )
+    if default_steps is not None and default_steps < min_steps:
+        raise ValueError(
+            f"plugin {plugin!r} registered the sampler {name!r} with default_steps={default_steps} below its "
+            f"min_steps={min_steps}"
+        )
+    return {"default_steps": default_steps, "min_steps": min_steps}
 
 
 def _registry(kind: str) -> dict[str, Entry]:

@@ -91,10 +91,6 @@ def sde_dpm_solver_pp(config: dict[str, Any], betas: torch.Tensor) -> SchedulerM
     )
 
 
-#: default number of inference steps per sampler (None: all T steps)
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20, "sde-dpm-solver++": 20}
-
-
 def make_sampler(name: str, scheduler: SchedulerMixin) -> SchedulerMixin:
     """Build the sampler ``name`` with the same betas as ``scheduler`` (a training scheduler)."""
     from .plugins import get_sampler
@@ -104,9 +100,36 @@ def make_sampler(name: str, scheduler: SchedulerMixin) -> SchedulerMixin:
     return factory({**scheduler.config, "_class_name": type(scheduler).__name__}, betas)
 
 
+def resolve_steps(name: str, steps: Any, num_train_timesteps: int) -> int:
+    """The number of inference steps for the sampler ``name``: its default when ``steps`` is None, else
+    ``steps`` checked to be an integer within [the sampler's ``min_steps``, T].
+
+    Steps above T are an error rather than a cap: a sampler cannot visit more timesteps than the model was
+    trained on (diffusers' DPM-Solver++ returns NaN images there), and a silent cap would hide a typo.
+    """
+    from .plugins import provider
+
+    entry = provider("samplers", name)
+    T = int(num_train_timesteps)
+    if steps is None:
+        return min(entry.default_steps or T, T)
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        if isinstance(steps, float) and steps.is_integer():
+            steps = int(steps)
+        else:
+            raise ValueError(f"num_inference_steps must be a whole number, got {steps!r}")
+    low = min(entry.min_steps, T)
+    if not low <= steps <= T:
+        raise ValueError(
+            f"the {name} sampler takes between {low} and {T} steps for this model (T={T}), got {steps}; "
+            f"its default is {min(entry.default_steps or T, T)}"
+        )
+    return steps
+
+
 @hookimpl
 def register_samplers(register):
-    register("ddpm", ddpm)
-    register("ddim", ddim)
-    register("dpm-solver++", dpm_solver_pp)
-    register("sde-dpm-solver++", sde_dpm_solver_pp)
+    register("ddpm", ddpm, default_steps=None, min_steps=4)
+    register("ddim", ddim, default_steps=50, min_steps=4)
+    register("dpm-solver++", dpm_solver_pp, default_steps=20, min_steps=4)
+    register("sde-dpm-solver++", sde_dpm_solver_pp, default_steps=20, min_steps=4)

@@ -49,7 +49,7 @@ from PIL import Image, ImageOps
 import ddpm_hub
 from ddpm_hub.images import make_grid
 from ddpm_hub.plugins import get_samplers
-from ddpm_hub.samplers import DEFAULT_STEPS
+from ddpm_hub.samplers import resolve_steps
 
 #: the bundled model, used when no repo is given (replace the folder to change it)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default-model"
@@ -198,7 +198,7 @@ def num_train_timesteps(pipe) -> int:
 
 def default_steps(sampler: str, T: int) -> int:
     """The sampler's default number of steps (all T for ``ddpm``), at most T."""
-    return min(DEFAULT_STEPS.get(sampler) or T, T)
+    return resolve_steps(sampler, None, T)
 
 
 def _checked_int(name: str, value, low: int, high: int, hint: str = "") -> int:
@@ -468,7 +468,7 @@ def build_demo(
                     steps = gr.Slider(
                         1,
                         MAX_STEPS,
-                        value=DEFAULT_STEPS.get(initial_sampler) or 512,
+                        value=default_steps(initial_sampler, 512),
                         step=1,
                         label="Steps",
                         info="at most the model's T",

@@ -100,7 +100,7 @@ def test_callback_can_replace_the_sample(pipe):
     zeros = pipe(
         batch_size=1,
         generator=gen(),
-        num_inference_steps=3,
+        num_inference_steps=4,
         output_type="pt",
         callback_on_step_end=lambda p, i, t, x: {"sample": torch.zeros_like(x["sample"])},
     ).images
@@ -220,7 +220,7 @@ def test_loads_a_stock_diffusers_ddpm_folder(tmp_path):
     a = stock(batch_size=1, generator=gen(), num_inference_steps=5, output_type="np").images
     b = loaded(batch_size=1, generator=gen(), num_inference_steps=5, output_type="np").images
     np.testing.assert_array_equal(a, b)
-    assert loaded(batch_size=1, sampler="ddim", num_inference_steps=3, output_type="pt").images.shape == (
+    assert loaded(batch_size=1, sampler="ddim", num_inference_steps=4, output_type="pt").images.shape == (
         1,
         3,
         16,
@@ -239,3 +239,30 @@ def test_incomplete_or_unsafe_folders_are_refused(pipe, tmp_path):
     weights.with_suffix(".bin").unlink()
     with pytest.raises(FileNotFoundError, match=r"unet/ has no .safetensors weights"):
         load_pipeline(tmp_path / "p")
+
+
+def test_sampler_registry_entries_carry_default_and_minimum_steps():
+    from ddpm_hub.plugins import get_samplers
+
+    entries = get_samplers()
+    for name in ("ddpm", "ddim", "dpm-solver++", "sde-dpm-solver++"):
+        entry = entries[name]
+        assert entry.min_steps >= 1
+        assert entry.default_steps is None or entry.default_steps >= entry.min_steps
+    assert entries["ddpm"].default_steps is None  # all T steps: the seed's loop
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm-solver++", "sde-dpm-solver++"])
+@pytest.mark.parametrize("steps", [0, -5, 2.5, 513, True, "20"])
+def test_bad_step_counts_are_refused_by_every_sampler(pipe, sampler, steps):
+    with pytest.raises(ValueError, match="steps"):
+        pipe(batch_size=1, generator=gen(), sampler=sampler, num_inference_steps=steps, output_type="pt")
+
+
+def test_resolve_steps_defaults_and_caps_at_T():
+    from ddpm_hub.samplers import resolve_steps
+
+    assert resolve_steps("ddpm", None, 512) == 512
+    assert resolve_steps("ddim", None, 512) == 50
+    assert resolve_steps("ddim", None, 10) == 10  # a default above T is T
+    assert resolve_steps("dpm-solver++", 30, 512) == 30
