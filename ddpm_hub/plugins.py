@@ -265,9 +265,7 @@ def _check_backbone_class(name: str, cls: Any, plugin: str) -> None:
         )
 
 
-def _check_sampler_steps(
-    name: str, plugin: str, default_steps: int | None, min_steps: int
-) -> dict[str, Any]:
+def _check_sampler_steps(name: str, plugin: str, default_steps: int | None, min_steps: int) -> dict[str, Any]:
     def positive_int(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
