@@ -22,6 +22,9 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .datasets import BUILTIN_DATASET
+from .schedules import DEFAULT_NUM_TRAIN_TIMESTEPS
+
 #: the model of the built-in default (configs/mnist.yaml): 28 px digits, 0.69M parameters, attention at 7x7
 MNIST_MODEL = {
     "base_channels": 16,
@@ -42,7 +45,7 @@ class DataConfig:
     """Where the images come from and how they are prepared (see ``ddpm_hub.data``)."""
 
     #: ``mnist5k`` (built in), a Hub dataset name, a local image folder, or parquet file(s) (path or glob)
-    dataset: str = "mnist5k"
+    dataset: str = BUILTIN_DATASET
     #: the Hub dataset's configuration name (the second argument of ``datasets.load_dataset``)
     dataset_config: str | None = None
     split: str = "train"
@@ -107,7 +110,10 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=lambda: dict(MNIST_MODEL))
     #: DDPMHubScheduler kwargs (num_train_timesteps, beta_schedule, beta_start, beta_end, prediction_type, ...)
     scheduler: dict[str, Any] = field(
-        default_factory=lambda: {"num_train_timesteps": 512, "beta_schedule": "linear"}
+        default_factory=lambda: {
+            "num_train_timesteps": DEFAULT_NUM_TRAIN_TIMESTEPS,
+            "beta_schedule": "linear",
+        }
     )
 
     max_steps: int = 1000
