@@ -54,13 +54,9 @@ from PIL import Image
 
 import ddpm_hub
 from ddpm_hub.images import make_grid
+from ddpm_hub.loading import download_pipeline
 from ddpm_hub.plugins import get_samplers
 from ddpm_hub.samplers import resolve_steps
-
-try:  # the core's loading module: the file-list check before the download, and its errors
-    from ddpm_hub.loading import download_pipeline
-except ImportError:  # ddpm-hub before loading.py
-    from ddpm_hub.hub import download_pipeline
 
 #: the bundled model, used when no repo is given (replace the folder to change it)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default-model"
