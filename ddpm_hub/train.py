@@ -1048,7 +1048,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .hub import HubPushError
 
     try:
-        train(config)
+        try:
+            train(config)
+        finally:
+            _close_progress_bars()  # a message then starts its own line, not the end of the bar's
     except TrainingInterrupted as exc:
         print(exc, file=sys.stderr)
         return 130
@@ -1063,6 +1066,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _close_progress_bars() -> None:
+    from tqdm.auto import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 if __name__ == "__main__":
