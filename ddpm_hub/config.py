@@ -130,7 +130,8 @@ class TrainConfig:
     """
 
     output_dir: str = "runs/mnist"
-    #: continue the run in output_dir from its latest checkpoint
+    #: latest: continue the run in output_dir from its latest checkpoint and its config.yaml (only the keys in
+    #: RESUME_SAFE_KEYS may then change); or a checkpoint folder / run folder to continue
     resume: str | None = None
     #: allow training into an output_dir that already holds a run (without resuming it)
     overwrite_output_dir: bool = False

@@ -15,14 +15,16 @@ weights (diffusers' ``EMAModel``, warmed-up decay; the schedule tensors live in 
 model it averages), gradient clipping, learning-rate warmup, optional min-SNR weighting, a guard that stops
 on a non-finite loss, sample grids, TensorBoard, checkpoints (``accelerator.save_state``, written to a
 temporary folder and renamed, so a killed process never leaves a half-written ``latest``) and an exact
-``--resume``.
+``--resume`` that continues the run's own config and never unpickles anything from a checkpoint (see
+:func:`load_checkpoint`). Ctrl-C saves a checkpoint and prints the command that continues.
 
 Run it as ``python -m ddpm_hub.train``, ``accelerate launch -m ddpm_hub.train`` or ``ddpm-hub train``, with
 ``--config FILE`` and ``--key value`` overrides (see ``ddpm_hub.config``). It writes a run folder::
 
     OUTPUT_DIR/
       pipeline/            the final pipeline (EMA weights): ddpm_hub.load_pipeline(OUTPUT_DIR)
-      checkpoints/checkpoint-STEP/   accelerator.save_state (model, EMA, optimizer, lr, RNG, data position)
+      checkpoints/checkpoint-STEP/   accelerator.save_state (model, optimizer, lr, RNG) + EMA (safetensors)
+                                     + train_state.json (step, data position, loss history)
       samples/step-STEP.png          sample grids during training
       logs/                TensorBoard (loss, lr, sample grids)
       config.yaml  samples.png  loss.png  train_info.json
@@ -1029,7 +1031,8 @@ USAGE = """usage: python -m ddpm_hub.train [--config FILE] [--KEY VALUE | KEY=VA
 
 Train a DDPM. Without --config: the built-in default (configs/mnist.yaml: MNIST-5k digits).
 Nested keys use dots (--model.base_channels 64, --data.dataset ./my-images); values are YAML
-(64, 2e-4, true, [1, 2, 2], null). --resume latest continues the run in output_dir.
+(64, 2e-4, true, [1, 2, 2], null). --resume latest continues the run in output_dir from its own
+config.yaml; only max_steps and the logging, sample, checkpoint, push and data.num_workers keys may change.
 
 keys:
 """
