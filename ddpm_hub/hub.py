@@ -36,6 +36,8 @@ from safetensors import safe_open
 
 from .loading import HubLoadError as HubLoadError  # re-exported: it lived here before ddpm_hub.loading
 from .loading import check_pipeline_folder, pipeline_folder
+from .samplers import resolve_steps
+from .scheduler import PREDICTION_TYPES
 
 #: files of a pipeline folder that a push uploads (relative paths, fnmatch patterns)
 PUSH_PATTERNS = (
@@ -135,6 +137,15 @@ def _dataset_ids(dataset: Any) -> list[str]:
     return [dataset]
 
 
+def _objective(scheduler_config: dict[str, Any]) -> str:
+    """The training objective in words, from the scheduler's ``prediction_type``."""
+    name = scheduler_config.get("prediction_type", "epsilon")
+    prediction = PREDICTION_TYPES.get(name)
+    if prediction is None:
+        return f"the MSE of the model's {name} prediction"
+    return f"the MSE of the predicted {prediction.description}"
+
+
 def _requirements(index: dict[str, Any], info: dict[str, Any] | None) -> list[tuple[str, str | None]]:
     """(distribution, version) pairs needed to load this pipeline: ddpm-hub and any plugins."""
     from . import __version__
@@ -206,6 +217,11 @@ def write_model_card(
         else ""
     )
     reqs = _requirements(index, info)
+    objective = _objective(scheduler)
+
+    def steps(sampler: str) -> int:
+        """The registry's default steps of ``sampler`` for this model's T."""
+        return resolve_steps(sampler, None, T)
 
     lines = [f"# {repo}", ""]
     lines += [
@@ -232,7 +248,7 @@ def write_model_card(
         "",
         f'pipe = load_pipeline("{repo}")',
         "images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0)).images  # PIL images",
-        '# fewer steps: pipe(batch_size=16, sampler="ddim", num_inference_steps=50)',
+        f'# fewer steps: pipe(batch_size=16, sampler="ddim", num_inference_steps={steps("ddim")})',
         "```",
         "",
         f"or from the shell: `ddpm-hub sample {repo} --num-images 16 --out grid.png`.",
@@ -243,8 +259,9 @@ def write_model_card(
         "## Sampling",
         "",
         f"- default sampler: `ddpm`, ancestral sampling with the posterior variance over all {T} steps",
-        "- faster: `sde-dpm-solver++` (20 steps, stochastic like the seed's loop, x0 thresholded), "
-        "`dpm-solver++` (20 steps, deterministic) and `ddim` (50 steps, x0 clipped to [-1, 1])",
+        f"- faster: `sde-dpm-solver++` ({steps('sde-dpm-solver++')} steps, stochastic like the seed's loop, x0 "
+        f"thresholded), `dpm-solver++` ({steps('dpm-solver++')} steps, deterministic) and `ddim` "
+        f"({steps('ddim')} steps, x0 clipped to [-1, 1])",
         "",
         "## Training",
         "",
@@ -286,7 +303,7 @@ def write_model_card(
         ]
         lines += ["| | |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in rows if v is not None]
-        lines += ["", "Objective: the noise-prediction MSE of the DDPM paper, on images scaled to [-1, 1]."]
+        lines += ["", f"Objective: {objective}, on images scaled to [-1, 1]."]
     else:
         lines += [
             "No training record (train_info.json) came with this pipeline. What the files say:",

@@ -18,6 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .plugins import backbone_name_of, distribution_of, get_schedules
 from .samplers import make_sampler, resolve_steps
+from .scheduler import original_sample
 
 #: the type of ``callback_on_step_end``: (pipeline, step index, timestep, tensors) -> optional new tensors
 StepCallback = Callable[
@@ -62,19 +63,6 @@ class DDPMHubPipeline(DiffusionPipeline):
     def make_sampler(self, name: str):
         """The registered sampler ``name`` (``ddpm``, ``ddim``, ``dpm-solver++``, ...) with this model's betas."""
         return make_sampler(name, self.scheduler)
-
-    @staticmethod
-    def predict_original_sample(
-        scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor
-    ) -> torch.Tensor:
-        """x_0 implied by the model output at ``timestep`` (for schedulers whose step does not return it)."""
-        alpha_bar = torch.as_tensor(scheduler.alphas_cumprod)[int(timestep)].to(sample.device, sample.dtype)
-        prediction_type = scheduler.config.get("prediction_type", "epsilon")
-        if prediction_type == "sample":
-            return model_output
-        if prediction_type == "v_prediction":
-            return alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * model_output
-        return (sample - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()
 
     def _resolve_steps(self, sampler: str | None, scheduler, steps: Any) -> int:
         """The sampler's steps from its registry entry; for ``sampler=None`` the pipeline's own scheduler,
@@ -140,7 +128,7 @@ class DDPMHubPipeline(DiffusionPipeline):
             if callback_on_step_end is not None:
                 x0 = getattr(out, "pred_original_sample", None)
                 if x0 is None:
-                    x0 = self.predict_original_sample(scheduler, model_output, t, image)
+                    x0 = original_sample(scheduler, model_output, t, image)
                 result = callback_on_step_end(
                     self, i, int(t), {"sample": out.prev_sample, "pred_original_sample": x0}
                 )

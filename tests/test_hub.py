@@ -181,6 +181,36 @@ def test_model_card_says_how_it_was_trained_and_how_to_load_it(tmp_path, run_dir
     assert "samples.png" not in text
 
 
+@pytest.mark.parametrize(
+    ("prediction_type", "objective"),
+    [
+        ("epsilon", "the MSE of the predicted added noise"),
+        ("v_prediction", "the MSE of the predicted velocity v = sqrt(alpha_bar) * noise"),
+        ("sample", "the MSE of the predicted clean image x_0"),
+    ],
+)
+def test_the_card_states_the_objective_of_the_prediction_type(tmp_path, prediction_type, objective):
+    folder = tmp_path / prediction_type
+    scheduler = DDPMHubScheduler(num_train_timesteps=T, prediction_type=prediction_type)
+    DDPMHubPipeline(tiny_unet(), scheduler).save_pretrained(folder)
+    text = ModelCard.load(write_model_card(folder, TRAIN_INFO)).text
+    assert f"Objective: {objective}" in text and f"| prediction | {prediction_type} |" in text
+    assert ("noise" in text.split("Objective:")[1].splitlines()[0]) == (prediction_type != "sample")
+
+
+def test_the_card_takes_sampler_steps_from_the_registry(run_dir, monkeypatch):
+    import dataclasses
+
+    from ddpm_hub import plugins
+
+    registry = plugins._registry("samplers")
+    for name, steps in (("ddim", 7), ("dpm-solver++", 9), ("sde-dpm-solver++", 11)):
+        monkeypatch.setitem(registry, name, dataclasses.replace(registry[name], default_steps=steps))
+    text = ModelCard.load(write_model_card(run_dir / "pipeline", TRAIN_INFO)).text
+    assert "`sde-dpm-solver++` (11 steps" in text and "`dpm-solver++` (9 steps" in text
+    assert "`ddim` (7 steps" in text and 'sampler="ddim", num_inference_steps=7)' in text
+
+
 def test_a_card_written_at_training_time_gets_the_repo_id_when_pushed(hub_server, run_dir):
     write_model_card(run_dir / "pipeline", TRAIN_INFO)  # as training does, before any repo exists
     local = (run_dir / "pipeline" / "README.md").read_text()
