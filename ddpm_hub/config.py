@@ -31,6 +31,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .datasets import BUILTIN_DATASET
 from .schedules import DEFAULT_NUM_TRAIN_TIMESTEPS
 
 #: the model of the built-in default (configs/mnist.yaml): 28 px digits, 0.69M parameters, attention at 7x7
@@ -80,7 +81,7 @@ class DataConfig:
     """Where the images come from and how they are prepared (see ``ddpm_hub.data``)."""
 
     #: ``mnist5k`` (built in), a Hub dataset name, a local image folder, or parquet file(s) (path or glob)
-    dataset: str = "mnist5k"
+    dataset: str = BUILTIN_DATASET
     #: the Hub dataset's configuration name (the second argument of ``datasets.load_dataset``)
     dataset_config: str | None = None
     split: str = "train"

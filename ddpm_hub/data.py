@@ -36,10 +36,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import DataConfig
+from .datasets import BUILTIN_DATASETS
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_DATASETS = {"mnist5k": Path(__file__).parent / "datasets" / "mnist5k.parquet"}
 IMAGE_COLUMN_NAMES = ("image", "img")
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"}
 #: how many images ``channels: null`` looks at to decide between grayscale and RGB
