@@ -658,11 +658,11 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
 
     # Setup (seed: "1. Setup and Noise Schedule", "Model and Optimizer"): the same init on every process.
     set_seed(config.seed)
-    with accelerator.main_process_first():
-        data = load_images(config.data, dataset)
     scheduler = build_scheduler(config)
     T = scheduler.config.num_train_timesteps
-    check_sampling(config, T)
+    check_sampling(config, T)  # before the data: a bad grid setting fails in seconds
+    with accelerator.main_process_first():
+        data = load_images(config.data, dataset)
     model = build_model(config, data.channels, data.image_size)
     num_parameters = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(config, model.parameters())
@@ -882,9 +882,12 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
             )
         if last_good is None:
             raise TrainingInterrupted("interrupted before the first step; nothing was saved")
+        command = "ddpm-hub train"
+        if accelerator.num_processes > 1:
+            command = f"accelerate launch --num_processes {accelerator.num_processes} -m ddpm_hub.train"
         raise TrainingInterrupted(
             f"interrupted at step {step} of {config.max_steps}; saved {last_good}. Continue with: "
-            f"ddpm-hub train --output_dir {run_dir} --resume latest"
+            f"{command} --output_dir {run_dir} --resume latest"
         )
     state.wall_time_s = session_start_wall + time.perf_counter() - session_start
 
