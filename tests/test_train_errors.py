@@ -182,6 +182,14 @@ def test_a_truncated_file_names_the_checkpoint_and_suggests_the_previous_one(run
     assert cli_main(argv) == 0
 
 
+def test_resume_with_another_number_of_processes_says_so(run_copy, capsys):
+    checkpoint = run_copy / "checkpoints" / "checkpoint-4"
+    shutil.copy(checkpoint / "random_states_0.pkl", checkpoint / "random_states_1.pkl")  # as 2 ranks write
+    assert cli_main(["train", "--output_dir", str(run_copy), "--resume", "latest", "--max_steps", "6"]) == 1
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "written by 2 process(es), this resume runs 1" in line
+
+
 # ------------------------------------------------------------------------ sampling settings and checkpoints
 
 
