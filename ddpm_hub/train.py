@@ -532,12 +532,14 @@ class _Interrupt:
     def __init__(self) -> None:
         self.flag = False
         self._previous = None
+        self._pid = os.getpid()
 
     def install(self) -> None:
         if (
             threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler
         ):
+            self._pid = os.getpid()
             self._previous = signal.signal(signal.SIGINT, self._handle)
 
     def uninstall(self) -> None:
@@ -546,6 +548,8 @@ class _Interrupt:
             self._previous = None
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a DataLoader worker forked after install: the main process decides
+            return
         if self.flag:
             raise KeyboardInterrupt
         self.flag = True
