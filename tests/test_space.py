@@ -313,7 +313,7 @@ def _new_repo(hub, api, name: str) -> str:
     return repo_id
 
 
-def test_a_new_push_to_main_is_served_without_a_restart(hub_server, client, space_app, tmp_path):
+def test_a_new_push_to_main_is_served_without_a_restart(hub_server, client, space_app, tmp_path, monkeypatch):
     from huggingface_hub import HfApi
     from safetensors.torch import load_file, save_file
 
@@ -340,6 +340,13 @@ def test_a_new_push_to_main_is_served_without_a_restart(hub_server, client, spac
     assert space_app.PIPELINES.loads == loads  # cached by commit: not loaded again
     _generate(client, model=repo_id)
     assert space_app.PIPELINES.loads == loads  # main is still at the second commit: cached too
+
+    # the Hub out of reach: the commit main pointed at last is still served
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    grid_4, _, _, summary = _generate(client, model=repo_id)
+    assert f"commit {second.oid[:8]}" in summary and np.array_equal(_pixels(grid_2), _pixels(grid_4))
 
 
 def test_a_repo_that_is_not_a_pipeline_is_refused_from_its_file_list(hub_server, client):
