@@ -54,7 +54,7 @@ from PIL import Image
 
 import ddpm_hub
 from ddpm_hub.images import make_grid
-from ddpm_hub.loading import download_pipeline
+from ddpm_hub.loading import download_pipeline, pipeline_folder
 from ddpm_hub.plugins import get_samplers
 from ddpm_hub.samplers import resolve_steps
 
@@ -214,10 +214,14 @@ def hub_commit(repo_id: str, revision: str | None) -> str | None:
         return None
 
 
-def _folder_stamp(folder: str) -> tuple[int, ...]:
-    """When the files of a local pipeline folder last changed, so that a re-saved folder is reloaded."""
-    root = Path(folder)
-    return tuple(sorted(p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()))[-1:]
+def _folder_stamp(folder: str) -> int:
+    """When the pipeline in a local folder (a pipeline folder, or a run's ``pipeline/``) last changed, so a
+    re-saved pipeline is reloaded; a run's checkpoints and logs do not count."""
+    try:
+        root = pipeline_folder(Path(folder))
+    except FileNotFoundError:
+        return 0  # not a pipeline: load_pipeline says so
+    return max((p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()), default=0)
 
 
 def _build(ref: ModelRef, revision: str | None) -> ddpm_hub.DDPMHubPipeline:
