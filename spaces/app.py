@@ -74,6 +74,8 @@ MAX_SEED = 2**32 - 1
 MAX_STEPS = 1000
 #: steps recorded for the trajectory (every step up to this many, else evenly spaced ones)
 MAX_FRAMES = 64
+#: the fewest live pictures a run shows while sampling (when it has that many steps)
+LIVE_UPDATES = 8
 #: frames in the API's trajectory gallery (x_t and the predicted x_0 at each)
 API_TRAJECTORY_FRAMES = 6
 #: uploads larger than this (longest side, pixels) are scaled down for the Explain tab
@@ -416,8 +418,8 @@ def recorded_steps(steps: int) -> set[int]:
 
 
 def _sample(pipe, *, sampler: str, steps: int, n: int, seed: int) -> Iterator[list[Frame] | torch.Tensor]:
-    """Run the pipeline in a worker thread; yield the recorded frames as they arrive (in batches: whatever
-    came since the last yield), then the final images (B, C, H, W) in [0, 1]."""
+    """Run the pipeline in a worker thread; yield the recorded frames as they arrive, in batches, then the
+    final images (B, C, H, W) in [0, 1]."""
     record = recorded_steps(steps)
     events: queue.Queue = queue.Queue()
     stop = threading.Event()
@@ -448,24 +450,25 @@ def _sample(pipe, *, sampler: str, steps: int, n: int, seed: int) -> Iterator[li
 
     worker = threading.Thread(target=work, name="ddpm-hub-space-sampler", daemon=True)
     worker.start()
+    # One yield carries the frames that arrived since the last one (the page shows the newest), so a slow
+    # page never falls behind; but at most `span` of them, so even a fast run shows LIVE_UPDATES pictures.
+    span = max(1, len(record) // LIVE_UPDATES)
     try:
-        while True:
-            item = events.get()
-            batch = []
-            while isinstance(item, Frame):
-                batch.append(item)
+        done = None
+        while done is None:
+            batch = [events.get()]
+            while isinstance(batch[-1], Frame) and len(batch) < span:
                 try:
-                    item = events.get_nowait()
+                    batch.append(events.get_nowait())
                 except queue.Empty:
-                    item = None
+                    break
+            if not isinstance(batch[-1], Frame):
+                done = batch.pop()  # the final images, or the worker's exception
             if batch:
                 yield batch
-            if item is None:
-                continue
-            if isinstance(item, Exception):
-                raise item
-            yield item
-            return
+        if isinstance(done, Exception):
+            raise done
+        yield done
     finally:
         stop.set()
 

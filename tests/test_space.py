@@ -403,6 +403,27 @@ def test_generation_streams_frames_before_the_run(space_app):
     assert len(kept) == space_app.MAX_FRAMES and kept[0] == 0 and kept[-1] == 511
 
 
+def test_a_fast_run_still_streams_several_pictures(space_app):
+    """However far the page lags behind the sampler, one update carries at most a few steps."""
+    from types import SimpleNamespace
+
+    class InstantPipe:
+        def __call__(self, *, batch_size, num_inference_steps, callback_on_step_end, **_):
+            x = torch.zeros(batch_size, 1, 4, 4)
+            for i in range(num_inference_steps):
+                callback_on_step_end(self, i, 999 - i, {"sample": x, "pred_original_sample": x})
+            return SimpleNamespace(images=x)
+
+    stream = space_app._sample(InstantPipe(), sampler="ddim", steps=20, n=2, seed=0)
+    batches = [next(stream)]
+    time.sleep(0.5)  # the sampler is done: every frame waits in the queue
+    *rest, images = list(stream)
+    batches += rest
+    assert images.shape == (2, 1, 4, 4)
+    assert [f.step for b in batches for f in b] == list(range(1, 21))
+    assert len(batches) >= space_app.LIVE_UPDATES and max(len(b) for b in batches) <= 20 // 8
+
+
 def test_the_reproduce_line_makes_the_same_grid(space_app, tmp_path):
     import shlex
 
