@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
+from . import __version__, evaluate
 from .datasets import BUILTIN_DATASET
+from .hub import HubPushError, push
+from .images import make_grid
+from .loading import HubLoadError, load_pipeline
+from .plugins import plugin_info
+from .train import main as train_main
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
@@ -27,11 +37,6 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
-    from .images import make_grid
-    from .loading import HubLoadError, load_pipeline
-
     if args.num_images < 1:
         raise SystemExit(f"--num-images must be at least 1, got {args.num_images}")
 
@@ -61,10 +66,6 @@ def _add_plugins(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    import json
-
-    from .plugins import plugin_info
-
     print(json.dumps(plugin_info(include_builtins=args.all), indent=2))
     return 0
 
@@ -80,8 +81,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import main as train_main
-
     return train_main(args.rest)
 
 
@@ -109,8 +108,6 @@ def space_app_path() -> Path:
 
 
 def cmd_space(args: argparse.Namespace) -> int:
-    import importlib.util
-
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -153,8 +150,6 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import HubPushError, push
-
     try:
         info = push(
             args.path,
@@ -202,11 +197,6 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
-    from . import evaluate
-    from .loading import load_pipeline
-
     if args.num_samples < 2:
         raise SystemExit(
             f"--num-samples must be at least 2 (a Gaussian is fitted to the samples), got {args.num_samples}"
@@ -235,8 +225,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(prog="ddpm-hub", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ddpm-hub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

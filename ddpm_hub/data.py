@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -52,8 +53,6 @@ class DataError(ValueError):
 
 def load_dataset(config: DataConfig):
     """The ``datasets.Dataset`` that ``config.dataset`` names (see the module docstring for the sources)."""
-    import datasets
-
     name = config.dataset
     if name in BUILTIN_DATASETS:
         return datasets.load_dataset("parquet", data_files=str(BUILTIN_DATASETS[name]), split="train")
@@ -88,8 +87,6 @@ def load_dataset(config: DataConfig):
 
 def find_image_column(dataset, column: str | None) -> str:
     """The image column: ``column`` if given, else the only Image column, else ``image`` or ``img``."""
-    import datasets
-
     features = dataset.features
     image_columns = [k for k, v in features.items() if isinstance(v, datasets.Image)]
     if column is not None:
@@ -259,8 +256,6 @@ def load_images(config: DataConfig, dataset=None) -> ImageData:
 
     ``dataset``: a ``datasets.Dataset`` to use instead of ``config.dataset`` (the Python API).
     """
-    import datasets
-
     source = "the given Dataset" if dataset is not None else repr(config.dataset)
     if dataset is None:
         dataset = load_dataset(config)

@@ -47,9 +47,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
 
+from . import __version__
 from .config import ConfigError, TrainConfig, config_from_argv, describe
-from .data import DataError
+from .data import DataError, ShardedBatchSampler, load_images, random_flip
+from .hub import HubPushError, push, write_model_card
+from .images import make_grid
+from .pipeline import DDPMHubPipeline, pipeline_requirements
+from .plugins import get_backbone
+from .scheduler import DDPMHubScheduler
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-"
@@ -172,8 +184,6 @@ def _check_kwargs(what: str, cls: type, kwargs: dict[str, Any]) -> None:
 
 def build_model(config: TrainConfig, channels: int, image_size: int) -> torch.nn.Module:
     """The backbone ``config.backbone`` from the registry, sized to the data unless the config says otherwise."""
-    from .plugins import get_backbone
-
     try:
         cls = get_backbone(config.backbone)
     except ValueError as exc:
@@ -213,8 +223,6 @@ def build_model(config: TrainConfig, channels: int, image_size: int) -> torch.nn
 
 
 def build_scheduler(config: TrainConfig):
-    from .scheduler import DDPMHubScheduler
-
     _check_kwargs("scheduler", DDPMHubScheduler, config.scheduler)
     try:
         return DDPMHubScheduler(**config.scheduler)
@@ -340,9 +348,6 @@ def train(config: TrainConfig, dataset=None) -> Path:
 
     ``dataset``: a ``datasets.Dataset`` to train on instead of ``config.data.dataset``.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
     config.validate()
     run_dir = Path(config.output_dir).expanduser().resolve()
     accelerator = Accelerator(
@@ -360,16 +365,12 @@ def train(config: TrainConfig, dataset=None) -> Path:
     finally:
         accelerator.end_training()
         if accelerator.num_processes == 1:  # let a later train() in this process choose another precision
-            from accelerate.state import AcceleratorState, GradientState
-
             AcceleratorState._reset_state(reset_partial_state=True)
             GradientState._reset_state()
 
 
 def push_run(config: TrainConfig, run_dir: Path):
     """Push the finished run to ``config.hub_repo_id`` (``push_to_hub: true``); return the commit info."""
-    from .hub import HubPushError, push
-
     info = json.loads((run_dir / "train_info.json").read_text())
     try:
         commit = push(
@@ -390,14 +391,6 @@ def push_run(config: TrainConfig, run_dir: Path):
 
 
 def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
-    from accelerate.utils import gather_object, set_seed
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
-
-    from . import __version__
-    from .data import ShardedBatchSampler, load_images, random_flip
-
     main = accelerator.is_main_process
     resume_from = _prepare_output_dir(config, run_dir, main)  # every process checks (read only)
     accelerator.wait_for_everyone()
@@ -480,8 +473,6 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
 
     def sample_grid(sampler_name: str, steps: int | None) -> torch.Tensor:
         """(B, C, H, W) images in [0, 1] from the EMA weights (main process), fixed seed for comparability."""
-        from .pipeline import DDPMHubPipeline
-
         net = ema_weights(accelerator.unwrap_model(model), ema)
         pipe = DDPMHubPipeline(unet=net, scheduler=scheduler)
         pipe.set_progress_bar_config(disable=True)
@@ -494,8 +485,6 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
         ).images
 
     def write_grid(step: int) -> None:
-        from .images import make_grid
-
         images = sample_grid(config.sample_sampler, config.sample_inference_steps)
         (run_dir / "samples").mkdir(exist_ok=True)
         make_grid(images).save(run_dir / "samples" / f"step-{step}.png")
@@ -649,10 +638,6 @@ def _finish(
     global_batch,
     sample_grid,
 ) -> None:
-    from . import __version__
-    from .images import make_grid
-    from .pipeline import DDPMHubPipeline, pipeline_requirements
-
     net = ema_weights(unwrapped, ema)
     pipe = DDPMHubPipeline(unet=net, scheduler=scheduler)
     tmp = run_dir / f"{TMP_PREFIX}pipeline"
@@ -704,12 +689,7 @@ def _finish(
         ],
     }
     (run_dir / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    try:  # the Hub module's model card, where it is installed
-        from .hub import write_model_card
-    except ImportError:
-        pass
-    else:
-        write_model_card(run_dir / "pipeline", info, repo_id=config.hub_repo_id)
+    write_model_card(run_dir / "pipeline", info, repo_id=config.hub_repo_id)
     print(
         f"done: {state.step} steps in {state.wall_time_s:.0f} s, final loss {final_loss:.4f}\n"
         f"  pipeline  {run_dir / 'pipeline'}   (ddpm_hub.load_pipeline({str(run_dir)!r}))\n"
@@ -741,8 +721,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from .hub import HubPushError
-
     try:
         train(config)
     except (ConfigError, DataError, NonFiniteLossError, HubPushError) as exc:
