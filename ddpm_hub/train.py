@@ -204,7 +204,7 @@ def _previous(checkpoint: Path) -> str:
 
 
 def verify_checkpoint(
-    checkpoint: Path, model: torch.nn.Module, ema, process_index: int = 0
+    checkpoint: Path, model: torch.nn.Module, ema, process_index: int = 0, num_processes: int = 1
 ) -> dict[str, Any]:
     """Read every file of ``checkpoint`` without unpickling anything; return ddpm-hub's own state from it.
 
@@ -229,6 +229,13 @@ def verify_checkpoint(
     if ema is not None:
         required += [EMA_WEIGHTS_NAME, EMA_STATE_NAME]
     missing = [name for name in required if not (checkpoint / name).is_file()]
+    saved_by = len(list(checkpoint.glob("random_states_*.pkl")))
+    if saved_by and saved_by != num_processes:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} was written by {saved_by} process(es), this resume runs {num_processes}; "
+            f"resume with {saved_by} (the global batch is the per-process batch x processes, so another count "
+            f"changes the run)"
+        )
     if missing:
         raise CheckpointError(
             f"checkpoint {checkpoint} lacks {', '.join(missing)}: it is incomplete or was not written by this "
@@ -275,7 +282,9 @@ def verify_checkpoint(
 def load_checkpoint(accelerator, checkpoint: Path, model, ema, state: TrainState) -> None:
     """Restore a checkpoint written by :func:`save_checkpoint`: verified first (nothing is unpickled), then
     ``accelerator.load_state`` (model, optimizer, lr schedule, RNG) and ddpm-hub's own JSON/safetensors state."""
-    files = verify_checkpoint(checkpoint, accelerator.unwrap_model(model), ema, accelerator.process_index)
+    files = verify_checkpoint(
+        checkpoint, accelerator.unwrap_model(model), ema, accelerator.process_index, accelerator.num_processes
+    )
     accelerator.load_state(str(checkpoint))
     try:
         state.load_state_dict(files[TRAIN_STATE_NAME])
@@ -542,12 +551,14 @@ class _Interrupt:
     def __init__(self) -> None:
         self.flag = False
         self._previous = None
+        self._pid = os.getpid()
 
     def install(self) -> None:
         if (
             threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler
         ):
+            self._pid = os.getpid()
             self._previous = signal.signal(signal.SIGINT, self._handle)
 
     def uninstall(self) -> None:
@@ -556,6 +567,8 @@ class _Interrupt:
             self._previous = None
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a DataLoader worker forked after install: the main process decides
+            return
         if self.flag:
             raise KeyboardInterrupt
         self.flag = True
@@ -677,11 +690,11 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
 
     # Setup (seed: "1. Setup and Noise Schedule", "Model and Optimizer"): the same init on every process.
     set_seed(config.seed)
-    with accelerator.main_process_first():
-        data = load_images(config.data, dataset)
     scheduler = build_scheduler(config)
     T = scheduler.config.num_train_timesteps
-    check_sampling(config, T)
+    check_sampling(config, T)  # before the data: a bad grid setting fails in seconds
+    with accelerator.main_process_first():
+        data = load_images(config.data, dataset)
     num_classes = None if data.class_names is None else len(data.class_names)
     model = build_model(config, data.channels, data.image_size, num_classes)
     num_parameters = sum(p.numel() for p in model.parameters())
@@ -914,9 +927,12 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
             )
         if last_good is None:
             raise TrainingInterrupted("interrupted before the first step; nothing was saved")
+        command = "ddpm-hub train"
+        if accelerator.num_processes > 1:
+            command = f"accelerate launch --num_processes {accelerator.num_processes} -m ddpm_hub.train"
         raise TrainingInterrupted(
             f"interrupted at step {step} of {config.max_steps}; saved {last_good}. Continue with: "
-            f"ddpm-hub train --output_dir {run_dir} --resume latest"
+            f"{command} --output_dir {run_dir} --resume latest"
         )
     state.wall_time_s = session_start_wall + time.perf_counter() - session_start
 

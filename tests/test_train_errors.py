@@ -182,6 +182,14 @@ def test_a_truncated_file_names_the_checkpoint_and_suggests_the_previous_one(run
     assert cli_main(argv) == 0
 
 
+def test_resume_with_another_number_of_processes_says_so(run_copy, capsys):
+    checkpoint = run_copy / "checkpoints" / "checkpoint-4"
+    shutil.copy(checkpoint / "random_states_0.pkl", checkpoint / "random_states_1.pkl")  # as 2 ranks write
+    assert cli_main(["train", "--output_dir", str(run_copy), "--resume", "latest", "--max_steps", "6"]) == 1
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "written by 2 process(es), this resume runs 1" in line
+
+
 # ------------------------------------------------------------------------ sampling settings and checkpoints
 
 
@@ -220,9 +228,15 @@ def test_a_failing_grid_never_costs_the_checkpoint_of_its_step(tmp_path, monkeyp
 # ------------------------------------------------------------------------------------------------ Ctrl-C
 
 
-def test_ctrl_c_saves_a_checkpoint_prints_the_resume_command_and_exits_130(tmp_path):
+@pytest.mark.parametrize(
+    "workers",
+    [False, True],  # True: Ctrl-C in a terminal signals the whole group, DataLoader workers included
+)
+def test_ctrl_c_saves_a_checkpoint_prints_the_resume_command_and_exits_130(tmp_path, workers):
     run = tmp_path / "run"
     args = tiny_args(run, "--max_steps", "1000", "--checkpointing_steps", "0", "--sample_sampler", "ddim")
+    if workers:
+        args += ["--data.predecode_max_mb", "0", "--data.num_workers", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ddpm_hub.train", *args],
@@ -230,18 +244,22 @@ def test_ctrl_c_saves_a_checkpoint_prints_the_resume_command_and_exits_130(tmp_p
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 300
         while not (run / "samples" / "step-2.png").exists():  # two steps ran
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        if workers:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
     assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in err
+    assert "Traceback" not in err and err.count("Ctrl-C: stopping after this step") == 1
     command = f"ddpm-hub train --output_dir {run} --resume latest"
     assert command in err
     ((step, _),) = list_checkpoints(run)
