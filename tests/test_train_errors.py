@@ -93,6 +93,20 @@ def test_resume_with_a_changed_experiment_stops_with_one_line_per_key(run_copy, 
     assert "Traceback" not in err and [s for s, _ in list_checkpoints(run_copy)] == [2, 4]
 
 
+def test_resume_with_a_config_file_compares_the_file_too(run_copy, capsys):
+    same = yaml.safe_load((run_copy / "config.yaml").read_text())
+    changed = {**same, "seed": 5, "data": {**same["data"], "image_size": 32}}
+    (run_copy.parent / "changed.yaml").write_text(yaml.safe_dump(changed))
+    argv = ["train", "--config", str(run_copy.parent / "changed.yaml"), "--resume", "latest"]
+    assert cli_main([*argv, "--output_dir", str(run_copy)]) == 2
+    err = capsys.readouterr().err
+    assert "seed: 3 -> 5" in err and "data.image_size: 28 -> 32" in err and "2 key(s) differ" in err
+    # the run's own file, with a longer max_steps, continues it
+    argv = ["train", "--config", str(run_copy / "config.yaml"), "--resume", "latest", "--max_steps", "6"]
+    assert cli_main(argv) == 0
+    assert json.loads((run_copy / "train_info.json").read_text())["num_train_steps"] == 6
+
+
 def test_resume_through_the_python_api_checks_the_saved_config_too(run_copy):
     config = load_config(
         None, [("output_dir", str(run_copy)), ("resume", "latest"), ("model", {"base_channels": 8})]
