@@ -8,6 +8,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where to sample: auto (the best available: cuda, xpu, mps, else cpu), cpu, cuda, cuda:N, mps, xpu",
+    )
+
+
+def _sampling_device(args: argparse.Namespace, command: str):
+    """``--device`` as a torch.device (TF32 allowed on CUDA), or SystemExit with one line."""
+    from .devices import allow_fast_float32, select_device
+
+    try:
+        device = select_device(args.device)
+    except ValueError as exc:
+        raise SystemExit(f"ddpm-hub {command}: error: --device: {exc}") from None
+    allow_fast_float32(device)
+    return device
+
+
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample an image grid from a pipeline folder, run folder or Hub repo")
     p.add_argument("model", help="a pipeline folder, a training run folder, or a Hub repo id (NS/NAME)")
@@ -21,6 +41,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
     p.add_argument("--out", type=Path, default=Path("grid.png"))
+    _add_device(p)
     p.set_defaults(func=cmd_sample)
 
 
@@ -32,14 +53,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.num_images < 1:
         raise SystemExit(f"--num-images must be at least 1, got {args.num_images}")
+    device = _sampling_device(args, "sample")
     from .hub import HubLoadError
 
     try:
         pipe = load_pipeline(args.model, revision=args.revision)
     except (HubLoadError, ValueError, FileNotFoundError, ImportError) as exc:
         raise SystemExit(f"ddpm-hub sample: error: {exc}") from exc
+    pipe.to(device)
     images = pipe(
         batch_size=args.num_images,
+        # a CPU generator: the same seed gives the same starting noise on every device
         generator=torch.Generator(device="cpu").manual_seed(args.seed),
         num_inference_steps=args.steps,
         sampler=args.sampler,
@@ -47,7 +71,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     ).images
     args.out.parent.mkdir(parents=True, exist_ok=True)
     make_grid(images).save(args.out)
-    print(f"wrote {args.num_images} images to {args.out}")
+    print(f"wrote {args.num_images} images to {args.out} (sampled on {device})")
     return 0
 
 
@@ -197,6 +221,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
+    _add_device(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -212,6 +237,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     if args.steps is not None and args.steps < 1:
         raise SystemExit(f"--steps must be at least 1, got {args.steps}")
+    device = _sampling_device(args, "eval")
     if args.metric == "inception":
         try:
             evaluate.inception_features(None)
@@ -221,10 +247,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         reference = evaluate.Reference.from_dataset(args.dataset)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"--dataset: {exc}") from None
-    pipe = load_pipeline(args.model, revision=args.revision)
+    pipe = load_pipeline(args.model, revision=args.revision).to(device)
     images = evaluate.generate(pipe, args.num_samples, args.sampler, args.steps, args.seed, args.batch_size)
     report = evaluate.evaluate_images(images, reference).to_dict()
-    report.update(model=str(args.model), sampler=args.sampler, steps=args.steps, seed=args.seed)
+    report.update(
+        model=str(args.model), sampler=args.sampler, steps=args.steps, seed=args.seed, device=str(device)
+    )
     text = json.dumps(report, indent=2)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,9 @@ around which Accelerate adds devices, processes, mixed precision and gradient ac
 adds what users of diffusers' ``train_unconditional.py`` and lucidrains' ``Trainer`` ask for: an EMA of the
 weights (diffusers' ``EMAModel``, warmed-up decay; the schedule tensors live in the scheduler, never in the
 model it averages), gradient clipping, learning-rate warmup, optional min-SNR weighting, a guard that stops
-on a non-finite loss, sample grids, TensorBoard, checkpoints (``accelerator.save_state``, written to a
-temporary folder and renamed, so a killed process never leaves a half-written ``latest``) and an exact
-``--resume``.
+on a non-finite loss, sample grids (on the training device), any tracker accelerate supports, checkpoints
+(``accelerator.save_state``, written to a temporary folder and renamed, so a killed process never leaves a
+half-written ``latest``) and an exact ``--resume``.
 
 Run it as ``python -m ddpm_hub.train``, ``accelerate launch -m ddpm_hub.train`` or ``ddpm-hub train``, with
 ``--config FILE`` and ``--key value`` overrides (see ``ddpm_hub.config``). It writes a run folder::
@@ -24,7 +24,7 @@ Run it as ``python -m ddpm_hub.train``, ``accelerate launch -m ddpm_hub.train`` 
       pipeline/            the final pipeline (EMA weights): ddpm_hub.load_pipeline(OUTPUT_DIR)
       checkpoints/checkpoint-STEP/   accelerator.save_state (model, EMA, optimizer, lr, RNG, data position)
       samples/step-STEP.png          sample grids during training
-      logs/                TensorBoard (loss, lr, sample grids)
+      logs/                the trackers' files (TensorBoard: loss, lr, images/s, sample grids)
       config.yaml  samples.png  loss.png  train_info.json
 """
 
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, TrainConfig, config_from_argv, describe
+from .config import ConfigError, TrainConfig, config_from_argv, describe, tracker_names
 from .data import DataError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -266,20 +266,82 @@ def hardware(accelerator) -> str:
     return f"CPU ({cpu}, {os.cpu_count()} cores), {n} process{'es' if n > 1 else ''}"
 
 
-def ema_weights(model: torch.nn.Module, ema) -> torch.nn.Module:
-    """A new float32 model with the EMA weights (or a copy of ``model``'s without EMA), for sampling and saving.
+def ema_weights(
+    model: torch.nn.Module, ema, device: torch.device | str = "cpu", net: torch.nn.Module | None = None
+) -> torch.nn.Module:
+    """A float32 model on ``device`` with the EMA weights (or ``model``'s without EMA), for sampling and saving.
 
     Built from the config rather than deep-copied: under mixed precision Accelerate wraps ``model.forward``,
-    and a deep copy would keep calling the training model.
+    and a deep copy would keep calling the training model. ``net``: a model this function returned before,
+    refreshed in place (the grids during training reuse one).
     """
-    with torch.random.fork_rng(
-        devices=[]
-    ):  # building a model draws init weights: keep the training RNG intact
-        net = type(model).from_config(model.config)
+    if net is None:
+        with torch.random.fork_rng(devices=[]):  # building a model draws init weights: keep the training RNG
+            net = type(model).from_config(model.config)
+        net = net.to(device=device, dtype=torch.float32)  # every parameter and buffer
     net.load_state_dict(model.state_dict())
     if ema is not None:
         ema.copy_to(net.parameters())
-    return net.float().eval()
+    return net.eval()
+
+
+def sampling_pipeline(
+    model: torch.nn.Module, ema, scheduler, device: torch.device | str, net: torch.nn.Module | None = None
+):
+    """The ``DDPMHubPipeline`` of the EMA weights on ``device`` (grids, samples.png, the saved pipeline)."""
+    from .pipeline import DDPMHubPipeline
+
+    pipe = DDPMHubPipeline(unet=ema_weights(model, ema, device, net), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def resolve_mixed_precision(config: TrainConfig) -> tuple[str, str]:
+    """The precision to ask accelerate for, and where that choice came from (for the banner and train_info).
+
+    An explicit ``mixed_precision`` in the config wins; unset (null), the launcher's choice holds:
+    ``accelerate launch --mixed_precision`` and the accelerate config file reach the processes as
+    ACCELERATE_MIXED_PRECISION; without either, ``no`` (float32).
+    """
+    if config.mixed_precision is not None:
+        return config.mixed_precision, "from the training config"
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launcher:
+        return (
+            launcher.lower(),
+            "from the launcher: ACCELERATE_MIXED_PRECISION, set by accelerate launch --mixed_precision or "
+            "accelerate config",
+        )
+    return "no", "the default: neither the training config nor the launcher sets one"
+
+
+def precision_that_ran(accelerator) -> str:
+    """The precision accelerate really trains in: fp16 on the CPU runs float32 (accelerate has no fp16 autocast
+    there), which ``accelerator.mixed_precision`` does not say."""
+    from accelerate.utils import DistributedType
+
+    mixed = accelerator.mixed_precision
+    if (
+        mixed == "fp16"
+        and not accelerator.native_amp
+        and accelerator.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+    ):
+        return "no"
+    return mixed
+
+
+def log_images(accelerator, name: str, image, step: int) -> list[str]:
+    """Log a PIL image to every tracker that takes images (accelerate's ``tracker.log_images``); return the
+    names of the trackers that do not (their grids are in samples/ only)."""
+    array = np.asarray(image.convert("RGB"))[None]  # (1, H, W, 3): TensorBoard's add_images takes no list
+    skipped = []
+    for tracker in accelerator.trackers:
+        if not hasattr(tracker, "log_images"):
+            skipped.append(tracker.name)
+            continue
+        kwargs = {"dataformats": "NHWC"} if tracker.name == "tensorboard" else {}
+        tracker.log_images({name: array}, step=step, **kwargs)
+    return skipped
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -354,18 +416,34 @@ def train(config: TrainConfig, dataset=None) -> Path:
 
     ``dataset``: a ``datasets.Dataset`` to train on instead of ``config.data.dataset``.
     """
+    from datetime import timedelta
+
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 
     config.validate()
     run_dir = Path(config.output_dir).expanduser().resolve()
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        log_with=None if config.log_with == "none" else config.log_with,
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
-        step_scheduler_with_optimizer=False,  # the lr schedule counts optimizer steps, whatever the world size
-    )
+    mixed_precision, _ = resolve_mixed_precision(config)
+    try:
+        accelerator = Accelerator(
+            mixed_precision=mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with=tracker_names(config.log_with) or None,
+            project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+            step_scheduler_with_optimizer=False,  # the lr schedule counts optimizer steps, whatever the world size
+            # the other ranks wait at a barrier while the main process samples a grid or the final samples
+            # (on the training device: seconds on a GPU); NCCL's own default would give up after 10 minutes
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=30))],
+        )
+    except ValueError as exc:
+        if "already been initialized" in str(exc):  # accelerate fixes the precision once per process
+            raise ConfigError(
+                f"mixed_precision {mixed_precision}: this Python process already trained with another precision, "
+                "and accelerate sets it once per process; train in a new process (ddpm-hub train ...)"
+            ) from None
+        raise ConfigError(
+            f"accelerate rejected the setup (mixed_precision {mixed_precision}): {exc}"
+        ) from exc
     try:
         run_dir = _train(config, dataset, accelerator, run_dir)
         if config.push_to_hub and accelerator.is_main_process:
@@ -373,11 +451,6 @@ def train(config: TrainConfig, dataset=None) -> Path:
         return run_dir
     finally:
         accelerator.end_training()
-        if accelerator.num_processes == 1:  # let a later train() in this process choose another precision
-            from accelerate.state import AcceleratorState, GradientState
-
-            AcceleratorState._reset_state(reset_partial_state=True)
-            GradientState._reset_state()
 
 
 def push_run(config: TrainConfig, run_dir: Path):
@@ -480,13 +553,22 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config.to_yaml())
-    if config.log_with != "none":
+    if tracker_names(config.log_with):
         accelerator.init_trackers("train", config=_flat(config.to_dict()))
+    requested, precision_source = resolve_mixed_precision(config)
+    precision = precision_that_ran(accelerator)
+    precision_note = f"mixed precision {precision} ({precision_source})"
+    if precision != requested:
+        precision_note = (
+            f"mixed precision {precision}: {requested} was asked for ({precision_source}), but accelerate has no "
+            f"{requested} on {accelerator.device.type}, so this run trains in float32 (for reduced "
+            "precision on a CPU use bf16)"
+        )
     accelerator.print(
         f"ddpm-hub {__version__}: {data.num_images} images ({data.source}, {data.channels}x{data.image_size}x"
         f"{data.image_size}{', pre-decoded' if data.images is not None else ''}), backbone {config.backbone} "
         f"({num_parameters / 1e6:.2f}M parameters), T={T} {scheduler.config.beta_schedule}\n"
-        f"{hardware(accelerator)}, mixed precision {config.mixed_precision}, global batch {global_batch} "
+        f"{hardware(accelerator)}, {precision_note}\nglobal batch {global_batch} "
         f"({config.batch_size} x {accelerator.num_processes} process(es) x {config.gradient_accumulation_steps} "
         f"accumulation), steps {state.step} -> {config.max_steps}\nwriting to {run_dir}"
     )
@@ -497,13 +579,14 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
     sqrt_one_minus_alpha_bar = scheduler.sqrt_one_minus_alphas_cumprod.to(device, torch.float32)
     alphas_cumprod = scheduler.alphas_cumprod.to(device, torch.float32)
 
-    def sample_grid(sampler_name: str, steps: int | None) -> torch.Tensor:
-        """(B, C, H, W) images in [0, 1] from the EMA weights (main process), fixed seed for comparability."""
-        from .pipeline import DDPMHubPipeline
+    sampling_net = None  # the EMA weights' model on the device, built once, refreshed for every grid
 
-        net = ema_weights(accelerator.unwrap_model(model), ema)
-        pipe = DDPMHubPipeline(unet=net, scheduler=scheduler)
-        pipe.set_progress_bar_config(disable=True)
+    def sample_grid(sampler_name: str, steps: int | None) -> torch.Tensor:
+        """(B, C, H, W) images in [0, 1] from the EMA weights on the training device (main process), fixed seed
+        for comparability (a CPU generator: the same noise on every device)."""
+        nonlocal sampling_net
+        pipe = sampling_pipeline(accelerator.unwrap_model(model), ema, scheduler, device, sampling_net)
+        sampling_net = pipe.unet
         return pipe(
             batch_size=config.num_sample_images,
             generator=torch.Generator("cpu").manual_seed(config.seed),
@@ -515,12 +598,19 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
     def write_grid(step: int) -> None:
         from .images import make_grid
 
+        start = time.perf_counter()
         images = sample_grid(config.sample_sampler, config.sample_inference_steps)
+        seconds = time.perf_counter() - start
         (run_dir / "samples").mkdir(exist_ok=True)
-        make_grid(images).save(run_dir / "samples" / f"step-{step}.png")
-        if config.log_with == "tensorboard":
-            grid = torch.from_numpy(np.array(make_grid(images).convert("RGB"))).permute(2, 0, 1)
-            accelerator.get_tracker("tensorboard").writer.add_image("samples", grid, step)
+        grid = make_grid(images)
+        grid.save(run_dir / "samples" / f"step-{step}.png")
+        skipped = log_images(accelerator, "samples", grid, step)
+        accelerator.log({"samples/seconds": seconds}, step=step)
+        bar.write(
+            f"step {step}: samples/step-{step}.png, {len(images)} images by {config.sample_sampler} in "
+            f"{seconds:.1f} s on {device}"
+            + (f" (not logged to {', '.join(skipped)}: accelerate logs no images there)" if skipped else "")
+        )
 
     # Running sums on the device: read back (a host sync) only every logging_steps.
     loss_sum = torch.zeros((), device=device)
@@ -544,7 +634,7 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
                 f"the loss became non-finite (NaN or inf) {where}; training stopped and the weights after it were "
                 f"not saved; {keep} (resume with --resume {last_good or 'latest'}). Usual fixes: a lower "
                 f"learning_rate (now {config.learning_rate}), max_grad_norm (now {config.max_grad_norm}), "
-                f"mixed_precision bf16 or no instead of fp16 (now {config.mixed_precision})"
+                f"mixed_precision bf16 or no instead of fp16 (now {precision})"
             )
         return stats[0] / max(stats[1], 1.0), stats[1]
 
@@ -660,6 +750,11 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
             digests,
             measured_global_batch or global_batch,
             sample_grid,
+            {
+                "mixed_precision": precision,
+                "mixed_precision_requested": requested,
+                "mixed_precision_source": precision_source,
+            },
         )
     accelerator.wait_for_everyone()
     return run_dir
@@ -678,21 +773,24 @@ def _finish(
     digests,
     global_batch,
     sample_grid,
+    precision,
 ) -> None:
     from . import __version__
     from .images import make_grid
-    from .pipeline import DDPMHubPipeline, pipeline_requirements
+    from .pipeline import pipeline_requirements
 
-    net = ema_weights(unwrapped, ema)
-    pipe = DDPMHubPipeline(unet=net, scheduler=scheduler)
+    pipe = sampling_pipeline(unwrapped, ema, scheduler, accelerator.device)
+    net = pipe.unet
     tmp = run_dir / f"{TMP_PREFIX}pipeline"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
     shutil.rmtree(run_dir / "pipeline", ignore_errors=True)
     os.replace(tmp, run_dir / "pipeline")
 
+    start = time.perf_counter()
     images = sample_grid(config.final_sampler, config.final_inference_steps)
     make_grid(images).save(run_dir / "samples.png")
+    final_grid_s = time.perf_counter() - start
     final_loss = state.loss_history[-1][1] if state.loss_history else float("nan")
     plot_loss(
         state.loss_history,
@@ -714,13 +812,15 @@ def _finish(
         "prediction_type": scheduler.config.prediction_type,
         "backbone": config.backbone,
         "num_parameters": num_parameters,
-        "mixed_precision": config.mixed_precision,
+        **precision,  # what ran (fp16 asked for on a CPU runs float32), what was asked for, and by whom
         "ema_decay": config.ema.max_decay if ema is not None else None,
         "ema_decay_reached": getattr(ema, "cur_decay_value", None),
         "hardware": hardware(accelerator),
         "num_processes": accelerator.num_processes,
         "wall_time_s": round(state.wall_time_s, 2),
         "images_per_s": round(state.images_seen / state.wall_time_s, 2) if state.wall_time_s else None,
+        "sample_device": str(accelerator.device),
+        "final_samples_s": round(final_grid_s, 2),
         "final_loss": final_loss,
         "weights_sha256_per_process": digests,
         "ddpm_hub_version": __version__,

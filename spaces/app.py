@@ -147,9 +147,11 @@ def _load_cached(ref: ModelRef) -> ddpm_hub.DDPMHubPipeline:
         )
     else:
         folder = ref.location
-    pipe = ddpm_hub.load_pipeline(folder)
-    if torch.cuda.is_available():
-        pipe = pipe.to("cuda")
+    from ddpm_hub.devices import allow_fast_float32, select_device
+
+    device = select_device("auto")  # the Space's hardware: CUDA, XPU, MPS, else the CPU
+    allow_fast_float32(device)
+    pipe = ddpm_hub.load_pipeline(folder).to(device)
     pipe.set_progress_bar_config(disable=True)  # the Space shows gr.Progress instead
     return pipe
 
