@@ -49,12 +49,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .images import make_grid
-    from .pipeline import load_pipeline
+    from .loading import HubLoadError, load_pipeline
 
     if args.num_images < 1:
         raise SystemExit(f"--num-images must be at least 1, got {args.num_images}")
     device = _sampling_device(args, "sample")
-    from .hub import HubLoadError
 
     try:
         pipe = load_pipeline(args.model, revision=args.revision)
@@ -229,7 +228,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from . import evaluate
-    from .pipeline import load_pipeline
+    from .loading import load_pipeline
 
     if args.num_samples < 2:
         raise SystemExit(

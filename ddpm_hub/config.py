@@ -25,6 +25,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .schedules import DEFAULT_NUM_TRAIN_TIMESTEPS
+
 #: the model of the built-in default (configs/mnist.yaml): 28 px digits, 0.69M parameters, attention at 7x7
 MNIST_MODEL = {
     "base_channels": 16,
@@ -130,7 +132,10 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=lambda: dict(MNIST_MODEL))
     #: DDPMHubScheduler kwargs (num_train_timesteps, beta_schedule, beta_start, beta_end, prediction_type, ...)
     scheduler: dict[str, Any] = field(
-        default_factory=lambda: {"num_train_timesteps": 512, "beta_schedule": "linear"}
+        default_factory=lambda: {
+            "num_train_timesteps": DEFAULT_NUM_TRAIN_TIMESTEPS,
+            "beta_schedule": "linear",
+        }
     )
 
     max_steps: int = 1000

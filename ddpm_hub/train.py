@@ -237,20 +237,6 @@ def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, foreach=True, **kwargs)
 
 
-def min_snr_weights(
-    alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, prediction_type: str
-) -> torch.Tensor:
-    """Per-sample loss weights of Min-SNR-gamma (Hang et al. 2023): min(SNR, gamma) over the target's SNR."""
-    alpha_bar = alphas_cumprod[t]
-    snr = alpha_bar / (1 - alpha_bar)
-    clipped = snr.clamp(max=gamma)
-    if prediction_type == "epsilon":
-        return clipped / snr
-    if prediction_type == "v_prediction":
-        return clipped / (snr + 1)
-    return clipped
-
-
 def hardware(accelerator) -> str:
     n = accelerator.num_processes
     if accelerator.device.type == "cuda":
@@ -499,7 +485,6 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
         data = load_images(config.data, dataset)
     scheduler = build_scheduler(config)
     T = scheduler.config.num_train_timesteps
-    prediction_type = scheduler.config.prediction_type
     model = build_model(config, data.channels, data.image_size)
     num_parameters = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(config, model.parameters())
@@ -574,10 +559,6 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
     )
 
     device = accelerator.device
-    # Seed, "Derived Variables": the schedule tables stay here, outside the model (and outside its EMA).
-    sqrt_alpha_bar = scheduler.sqrt_alphas_cumprod.to(device, torch.float32)
-    sqrt_one_minus_alpha_bar = scheduler.sqrt_one_minus_alphas_cumprod.to(device, torch.float32)
-    alphas_cumprod = scheduler.alphas_cumprod.to(device, torch.float32)
 
     sampling_net = None  # the EMA weights' model on the device, built once, refreshed for every grid
 
@@ -663,27 +644,16 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
         with accelerator.accumulate(model):
             t = torch.randint(0, T, (bs,), device=device).long()
             noise = torch.randn_like(batch)
-            x_noisy = (
-                sqrt_alpha_bar[t].view(bs, 1, 1, 1) * batch
-                + sqrt_one_minus_alpha_bar[t].view(bs, 1, 1, 1) * noise
-            )
-            noise_pred = model(x_noisy, t).sample.float()
-            if prediction_type == "epsilon":
-                target = noise
-            elif prediction_type == "v_prediction":
-                target = (
-                    sqrt_alpha_bar[t].view(bs, 1, 1, 1) * noise
-                    - sqrt_one_minus_alpha_bar[t].view(bs, 1, 1, 1) * batch
-                )
-            else:
-                target = batch
+            # Seed, "Derived Variables" and the forward process: the scheduler owns the tables (outside the
+            # model and its EMA) and the maths; its float32 tables on this device are cast once and cached.
+            x_noisy = scheduler.add_noise(batch, noise, t)
+            model_output = model(x_noisy, t).sample.float()
+            target = scheduler.get_target(batch, noise, t)  # the noise, for the seed's prediction_type
             if config.snr_gamma is None:
-                loss = F.mse_loss(noise_pred, target)
+                loss = F.mse_loss(model_output, target)
             else:
-                per_sample = F.mse_loss(noise_pred, target, reduction="none").mean(dim=(1, 2, 3))
-                loss = (
-                    per_sample * min_snr_weights(alphas_cumprod, t, config.snr_gamma, prediction_type)
-                ).mean()
+                per_sample = F.mse_loss(model_output, target, reduction="none").mean(dim=(1, 2, 3))
+                loss = (per_sample * scheduler.loss_weights(t, config.snr_gamma)).mean()
             accelerator.backward(loss)
             if accelerator.sync_gradients and config.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
