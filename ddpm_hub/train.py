@@ -264,7 +264,7 @@ def ema_weights(
     if net is None:
         with torch.random.fork_rng(devices=[]):  # building a model draws init weights: keep the training RNG
             net = type(model).from_config(model.config)
-        net = net.to(device=device, dtype=torch.float32)  # every parameter and buffer
+        net = net.to(device).float()  # every parameter and buffer (nn.Module.float: no dtype warning from diffusers)
     net.load_state_dict(model.state_dict())
     if ema is not None:
         ema.copy_to(net.parameters())
@@ -790,6 +790,11 @@ def _finish(
         "wall_time_s": round(state.wall_time_s, 2),
         "images_per_s": round(state.images_seen / state.wall_time_s, 2) if state.wall_time_s else None,
         "sample_device": str(accelerator.device),
+        "peak_device_memory_mib": (
+            round(torch.cuda.max_memory_allocated(accelerator.device) / 2**20, 1)
+            if accelerator.device.type == "cuda"
+            else None
+        ),
         "final_samples_s": round(final_grid_s, 2),
         "final_loss": final_loss,
         "weights_sha256_per_process": digests,
