@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .devices import select_device
 from .hookspecs import hookimpl
 from .loading import load_pipeline
 from .models.unet import UNet, UNetOutput
@@ -26,4 +27,5 @@ __all__ = [
     "linear",
     "load_pipeline",
     "make_sampler",
+    "select_device",
 ]

@@ -264,7 +264,7 @@ def ema_weights(
     if net is None:
         with torch.random.fork_rng(devices=[]):  # building a model draws init weights: keep the training RNG
             net = type(model).from_config(model.config)
-        net = net.to(device).float()  # every parameter and buffer (nn.Module.float: no dtype warning from diffusers)
+        net = net.to(device).float()  # every parameter and buffer; .float(): no dtype warning from diffusers
     net.load_state_dict(model.state_dict())
     if ema is not None:
         ema.copy_to(net.parameters())
