@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .datasets import BUILTIN_DATASET
+
 
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -199,8 +201,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="a pipeline folder, a training run folder, or a Hub repo id (NS/NAME)")
     p.add_argument(
         "--dataset",
-        default="mnist5k",
-        help="reference images: mnist5k (the built-in held-out split), a .parquet file or an image folder",
+        default=BUILTIN_DATASET,
+        help=f"reference images: {BUILTIN_DATASET} (the built-in held-out split), a .parquet file or an image folder",
     )
     p.add_argument("--num-samples", type=int, default=1000, help="images to generate (compare at equal N)")
     p.add_argument(

@@ -34,6 +34,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import safe_open
 
+from .datasets import BUILTIN_DATASET_SOURCES
 from .loading import HubLoadError as HubLoadError  # re-exported: it lived here before ddpm_hub.loading
 from .loading import check_pipeline_folder, pipeline_folder
 from .samplers import resolve_steps
@@ -54,9 +55,6 @@ RUN_IMAGES = ("samples.png", "loss.png")
 #: the repo id in a card written before the repo is known; push() fills in the real one
 CARD_PLACEHOLDER = "NS/NAME"
 CARD_TAGS = ["ddpm", "ddpm-hub", "diffusers", "unconditional-image-generation"]
-
-#: Hub ids of the datasets that ddpm-hub's built-in datasets were made from
-BUILTIN_DATASETS = {"mnist5k": "ylecun/mnist", "builtin:mnist5k": "ylecun/mnist"}
 
 
 class HubPushError(OSError):
@@ -126,8 +124,9 @@ def _dataset_ids(dataset: Any) -> list[str]:
     """Hub dataset ids for the card's ``datasets:`` metadata (local files are described, not linked)."""
     if not isinstance(dataset, str) or not dataset:
         return []
-    if dataset in BUILTIN_DATASETS:
-        return [BUILTIN_DATASETS[dataset]]
+    builtin = dataset.removeprefix("builtin:")
+    if builtin in BUILTIN_DATASET_SOURCES:
+        return [BUILTIN_DATASET_SOURCES[builtin]]
     if os.path.exists(dataset) or dataset.startswith((".", "/", "~")):
         return []
     try:
