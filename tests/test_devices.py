@@ -136,9 +136,9 @@ def test_a_run_samples_on_the_accelerator_device_and_logs_grids_through_the_trac
     captured = {}
     real_accelerator = train_module._train
 
-    def keep_accelerator(config, dataset, accelerator, run_dir):
+    def keep_accelerator(config, dataset, accelerator, *args, **kwargs):
         captured["device"] = accelerator.device
-        return real_accelerator(config, dataset, accelerator, run_dir)
+        return real_accelerator(config, dataset, accelerator, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "_train", keep_accelerator)
     run = train_module.train(
@@ -195,6 +195,8 @@ def test_the_launchers_precision_holds_unless_the_config_sets_one(tmp_path):
     assert "ACCELERATE_MIXED_PRECISION" in info["launcher"]["mixed_precision_source"]
     assert "mixed precision bf16 (from the launcher: ACCELERATE_MIXED_PRECISION" in outputs["launcher"][0]
     assert 0 < info["launcher"]["final_loss"] < 10
+    # the run's config.yaml records the precision it resolved, so that --resume continues in it
+    assert "mixed_precision: bf16" in (runs["launcher"][0] / "config.yaml").read_text()
 
     assert (
         info["explicit"]["mixed_precision"] == "no"
