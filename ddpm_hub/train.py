@@ -331,8 +331,12 @@ def _check_kwargs(what: str, cls: type, kwargs: dict[str, Any]) -> None:
         )
 
 
-def build_model(config: TrainConfig, channels: int, image_size: int) -> torch.nn.Module:
-    """The backbone ``config.backbone`` from the registry, sized to the data unless the config says otherwise."""
+def build_model(
+    config: TrainConfig, channels: int, image_size: int, num_classes: int | None = None
+) -> torch.nn.Module:
+    """The backbone ``config.backbone`` from the registry, sized to the data unless the config says otherwise;
+    class-conditional with ``num_classes`` classes when given (labelled data)."""
+    from .conditioning import check_backbone_supports
     from .plugins import get_backbone
 
     try:
@@ -341,6 +345,21 @@ def build_model(config: TrainConfig, channels: int, image_size: int) -> torch.nn
         raise ConfigError(f"bad value for backbone: {exc}") from exc
     kwargs = dict(config.model)
     _check_kwargs("model", cls, kwargs)
+    if num_classes is not None:
+        try:
+            check_backbone_supports(cls, config.backbone)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if kwargs.setdefault("num_class_embeds", num_classes) != num_classes:
+            raise ConfigError(
+                f"model.num_class_embeds={kwargs['num_class_embeds']} does not match the {num_classes} classes of "
+                "the data; drop model.num_class_embeds to take it from the data"
+            )
+    elif kwargs.get("num_class_embeds") is not None:
+        raise ConfigError(
+            "model.num_class_embeds is set but data.label_column is null, so there are no labels to train on; set "
+            "data.label_column (auto, or the column's name)"
+        )
     params = inspect.signature(cls.__init__).parameters
     for key, value in (("sample_size", image_size), ("in_channels", channels), ("out_channels", channels)):
         if key in params and key not in kwargs:
@@ -433,12 +452,19 @@ def ema_weights(
 
 
 def sampling_pipeline(
-    model: torch.nn.Module, ema, scheduler, device: torch.device | str, net: torch.nn.Module | None = None
+    model: torch.nn.Module,
+    ema,
+    scheduler,
+    device: torch.device | str,
+    net: torch.nn.Module | None = None,
+    class_names: list[str] | None = None,
 ):
     """The ``DDPMHubPipeline`` of the EMA weights on ``device`` (grids, samples.png, the saved pipeline)."""
     from .pipeline import DDPMHubPipeline
 
-    pipe = DDPMHubPipeline(unet=ema_weights(model, ema, device, net), scheduler=scheduler)
+    pipe = DDPMHubPipeline(
+        unet=ema_weights(model, ema, device, net), scheduler=scheduler, class_names=class_names
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -752,7 +778,8 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
     check_sampling(config, T)  # before the data: a bad grid setting fails in seconds
     with accelerator.main_process_first():
         data = load_images(config.data, dataset)
-    model = build_model(config, data.channels, data.image_size)
+    num_classes = None if data.class_names is None else len(data.class_names)
+    model = build_model(config, data.channels, data.image_size, num_classes)
     num_parameters = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(config, model.parameters())
     # diffusers' "constant" ignores warmup; "constant_with_warmup" is the same schedule with it
@@ -831,14 +858,19 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
         """(B, C, H, W) images in [0, 1] from the EMA weights on the training device (main process), fixed seed
         for comparability (a CPU generator: the same noise on every device)."""
         nonlocal sampling_net
-        pipe = sampling_pipeline(accelerator.unwrap_model(model), ema, scheduler, device, sampling_net)
+        pipe = sampling_pipeline(
+            accelerator.unwrap_model(model), ema, scheduler, device, sampling_net, data.class_names
+        )
         sampling_net = pipe.unet
+        # a class-conditional grid cycles through the classes: 0, 1, ..., n-1, 0, 1, ...
+        labels = None if num_classes is None else [i % num_classes for i in range(config.num_sample_images)]
         return pipe(
             batch_size=config.num_sample_images,
             generator=torch.Generator("cpu").manual_seed(config.seed),
             sampler=sampler_name,
             num_inference_steps=steps,
             output_type="pt",
+            class_labels=labels,
         ).images
 
     def write_grid(step: int) -> None:
@@ -908,6 +940,10 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
     for batch in interrupt.guard(batches):
         if state.step >= config.max_steps:
             break
+        labels = None
+        if num_classes is not None:
+            batch, labels = batch
+            labels = labels.to(device, non_blocking=True)
         batch = batch.to(device, non_blocking=True).float() / 127.5 - 1.0  # uint8 -> [-1, 1]
         if config.data.random_flip:
             batch = random_flip(batch)
@@ -922,7 +958,12 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
             # Seed, "Derived Variables" and the forward process: the scheduler owns the tables (outside the
             # model and its EMA) and the maths; its float32 tables on this device are cast once and cached.
             x_noisy = scheduler.add_noise(batch, noise, t)
-            model_output = model(x_noisy, t).sample.float()
+            if labels is None:
+                model_output = model(x_noisy, t).sample.float()
+            else:  # classifier-free guidance: a share p_uncond of the labels becomes the null class
+                drop = torch.rand(bs, device=device) < config.p_uncond
+                labels = torch.where(drop, torch.full_like(labels, num_classes), labels)
+                model_output = model(x_noisy, t, class_labels=labels).sample.float()
             target = scheduler.get_target(batch, noise, t)  # the noise, for the seed's prediction_type
             if config.snr_gamma is None:
                 loss = F.mse_loss(model_output, target)
@@ -1046,7 +1087,7 @@ def _finish(
     from .images import make_grid
     from .pipeline import pipeline_requirements
 
-    pipe = sampling_pipeline(unwrapped, ema, scheduler, accelerator.device)
+    pipe = sampling_pipeline(unwrapped, ema, scheduler, accelerator.device, class_names=data.class_names)
     net = pipe.unet
     tmp = run_dir / f"{TMP_PREFIX}pipeline"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -1079,6 +1120,7 @@ def _finish(
         "prediction_type": scheduler.config.prediction_type,
         "backbone": config.backbone,
         "num_parameters": num_parameters,
+        **({"class_names": data.class_names, "p_uncond": config.p_uncond} if data.class_names else {}),
         **precision,  # what ran (fp16 asked for on a CPU runs float32), what was asked for, and by whom
         "ema_decay": config.ema.max_decay if ema is not None else None,
         "ema_decay_reached": getattr(ema, "cur_decay_value", None),

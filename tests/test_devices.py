@@ -127,8 +127,8 @@ def test_a_run_samples_on_the_accelerator_device_and_logs_grids_through_the_trac
     built = []
     real = train_module.sampling_pipeline
 
-    def spy(model, ema, scheduler, device, net=None):
-        pipe = real(model, ema, scheduler, device, net)
+    def spy(model, ema, scheduler, device, *args, **kwargs):
+        pipe = real(model, ema, scheduler, device, *args, **kwargs)
         built.append((device, pipe))
         return pipe
 
