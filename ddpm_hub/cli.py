@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
+from . import __version__, evaluate
+from .conditioning import DEFAULT_GUIDANCE_SCALE
 from .datasets import BUILTIN_DATASET
+from .hub import HubPushError, push
+from .images import make_grid
+from .loading import HubLoadError, load_pipeline
+from .plugins import plugin_info
+from .train import main as train_main
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -49,8 +60,6 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_conditioning(p: argparse.ArgumentParser) -> None:
-    from .conditioning import DEFAULT_GUIDANCE_SCALE
-
     p.add_argument(
         "--class",
         dest="classes",
@@ -81,11 +90,6 @@ def _class_labels(pipe, classes: list[str] | None, num_images: int) -> list[int]
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
-    from .images import make_grid
-    from .loading import HubLoadError, load_pipeline
-
     if args.num_images < 1:
         raise SystemExit(f"--num-images must be at least 1, got {args.num_images}")
     device = _sampling_device(args, "sample")
@@ -124,10 +128,6 @@ def _add_plugins(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    import json
-
-    from .plugins import plugin_info
-
     print(json.dumps(plugin_info(include_builtins=args.all), indent=2))
     return 0
 
@@ -143,8 +143,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import main as train_main
-
     return train_main(args.rest)
 
 
@@ -172,8 +170,6 @@ def space_app_path() -> Path:
 
 
 def cmd_space(args: argparse.Namespace) -> int:
-    import importlib.util
-
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -216,8 +212,6 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import HubPushError, push
-
     try:
         info = push(
             args.path,
@@ -278,11 +272,6 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
-    from . import evaluate
-    from .loading import load_pipeline
-
     if args.num_samples < 2:
         raise SystemExit(
             f"--num-samples must be at least 2 (a Gaussian is fitted to the samples), got {args.num_samples}"
@@ -326,8 +315,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     report = evaluate.evaluate_images(images, reference).to_dict()
     if labels is not None:
-        from .conditioning import DEFAULT_GUIDANCE_SCALE
-
         report.update(evaluate.class_accuracy(images, labels, pipe.class_names))
         report["guidance_scale"] = (
             DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
@@ -344,8 +331,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(prog="ddpm-hub", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ddpm-hub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

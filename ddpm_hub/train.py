@@ -48,13 +48,29 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import (
+    DistributedType,
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+    gather_object,
+    set_seed,
+)
+from accelerate.utils import load as accelerate_load
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
+from . import __version__
+from .conditioning import check_backbone_supports
 from .config import (
     ConfigError,
     TrainConfig,
@@ -65,7 +81,13 @@ from .config import (
     saved_run_config,
     tracker_names,
 )
-from .data import DataError
+from .data import DataError, ShardedBatchSampler, load_images, random_flip
+from .hub import HubPushError, push, write_model_card
+from .images import make_grid
+from .pipeline import DDPMHubPipeline, pipeline_requirements
+from .plugins import get_backbone
+from .samplers import resolve_steps
+from .scheduler import DDPMHubScheduler
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-"
@@ -187,8 +209,6 @@ def save_checkpoint(
 
 def _save_ema(ema, model: torch.nn.Module, folder: Path) -> None:
     """diffusers' EMAModel.state_dict(), split into its weights (safetensors, by parameter name) and the rest (JSON)."""
-    from safetensors.torch import save_file
-
     state = ema.state_dict()
     names = [name for name, _ in model.named_parameters()]
     shadow = state.pop("shadow_params")
@@ -217,9 +237,6 @@ def verify_checkpoint(
     with CheckpointError naming the checkpoint and the file; a model whose tensors do not fit says so in one
     line.
     """
-    from accelerate.utils import load as accelerate_load
-    from safetensors.torch import load_file
-
     legacy = sorted(p.name for p in checkpoint.glob("custom_checkpoint_*.pkl"))
     if legacy:
         raise CheckpointError(
@@ -336,9 +353,6 @@ def build_model(
 ) -> torch.nn.Module:
     """The backbone ``config.backbone`` from the registry, sized to the data unless the config says otherwise;
     class-conditional with ``num_classes`` classes when given (labelled data)."""
-    from .conditioning import check_backbone_supports
-    from .plugins import get_backbone
-
     try:
         cls = get_backbone(config.backbone)
     except ValueError as exc:
@@ -393,8 +407,6 @@ def build_model(
 
 
 def build_scheduler(config: TrainConfig):
-    from .scheduler import DDPMHubScheduler
-
     _check_kwargs("scheduler", DDPMHubScheduler, config.scheduler)
     try:
         return DDPMHubScheduler(**config.scheduler)
@@ -460,8 +472,6 @@ def sampling_pipeline(
     class_names: list[str] | None = None,
 ):
     """The ``DDPMHubPipeline`` of the EMA weights on ``device`` (grids, samples.png, the saved pipeline)."""
-    from .pipeline import DDPMHubPipeline
-
     pipe = DDPMHubPipeline(
         unet=ema_weights(model, ema, device, net), scheduler=scheduler, class_names=class_names
     )
@@ -491,8 +501,6 @@ def resolve_mixed_precision(config: TrainConfig) -> tuple[str, str]:
 def precision_that_ran(accelerator) -> str:
     """The precision accelerate really trains in: fp16 on the CPU runs float32 (accelerate has no fp16 autocast
     there), which ``accelerator.mixed_precision`` does not say."""
-    from accelerate.utils import DistributedType
-
     mixed = accelerator.mixed_precision
     if (
         mixed == "fp16"
@@ -674,8 +682,6 @@ class _Interrupt:
 
 def check_sampling(config: TrainConfig, num_train_timesteps: int) -> None:
     """Every sampling setting checked against T before step 1, so a grid never fails hours into a run."""
-    from .samplers import resolve_steps
-
     settings = [("final_sampler", "final_inference_steps")]
     if config.sample_steps and config.sample_steps < config.max_steps:
         settings.insert(0, ("sample_sampler", "sample_inference_steps"))
@@ -692,11 +698,6 @@ def train(config: TrainConfig, dataset=None) -> Path:
 
     ``dataset``: a ``datasets.Dataset`` to train on instead of ``config.data.dataset``.
     """
-    from datetime import timedelta
-
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
-
     config.validate()
     run_dir = Path(config.output_dir).expanduser().resolve()
     mixed_precision, _ = resolve_mixed_precision(config)
@@ -733,8 +734,6 @@ def train(config: TrainConfig, dataset=None) -> Path:
 
 def push_run(config: TrainConfig, run_dir: Path):
     """Push the finished run to ``config.hub_repo_id`` (``push_to_hub: true``); return the commit info."""
-    from .hub import HubPushError, push
-
     info = json.loads((run_dir / "train_info.json").read_text())
     try:
         commit = push(
@@ -755,14 +754,6 @@ def push_run(config: TrainConfig, run_dir: Path):
 
 
 def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: _Interrupt) -> Path:
-    from accelerate.utils import gather_object, set_seed
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
-
-    from . import __version__
-    from .data import ShardedBatchSampler, load_images, random_flip
-
     main = accelerator.is_main_process
     resume_from = _prepare_output_dir(config, run_dir, main)  # every process checks
     accelerator.wait_for_everyone()
@@ -874,8 +865,6 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
         ).images
 
     def write_grid(step: int) -> None:
-        from .images import make_grid
-
         start = time.perf_counter()
         try:
             images = sample_grid(config.sample_sampler, config.sample_inference_steps)
@@ -1083,10 +1072,6 @@ def _finish(
     sample_grid,
     precision,
 ) -> None:
-    from . import __version__
-    from .images import make_grid
-    from .pipeline import pipeline_requirements
-
     pipe = sampling_pipeline(unwrapped, ema, scheduler, accelerator.device, class_names=data.class_names)
     net = pipe.unet
     tmp = run_dir / f"{TMP_PREFIX}pipeline"
@@ -1148,12 +1133,7 @@ def _finish(
         ],
     }
     (run_dir / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    try:  # the Hub module's model card, where it is installed
-        from .hub import write_model_card
-    except ImportError:
-        pass
-    else:
-        write_model_card(run_dir / "pipeline", info, repo_id=config.hub_repo_id)
+    write_model_card(run_dir / "pipeline", info, repo_id=config.hub_repo_id)
     print(
         f"done: {state.step} steps in {state.wall_time_s:.0f} s, final loss {final_loss:.4f}\n"
         f"  pipeline  {run_dir / 'pipeline'}   (ddpm_hub.load_pipeline({str(run_dir)!r}))\n"
@@ -1186,8 +1166,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from .hub import HubPushError
-
     try:
         try:
             train(config)
@@ -1210,8 +1188,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _close_progress_bars() -> None:
-    from tqdm.auto import tqdm
-
     for bar in list(getattr(tqdm, "_instances", ())):
         bar.close()
 
