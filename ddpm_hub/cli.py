@@ -14,6 +14,7 @@ import torch
 from . import __version__, evaluate
 from .conditioning import DEFAULT_GUIDANCE_SCALE
 from .datasets import BUILTIN_DATASET
+from .devices import allow_fast_float32, select_device
 from .hub import HubPushError, push
 from .images import make_grid
 from .loading import HubLoadError, load_pipeline
@@ -31,8 +32,6 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 def _sampling_device(args: argparse.Namespace, command: str):
     """``--device`` as a torch.device (TF32 allowed on CUDA), or SystemExit with one line."""
-    from .devices import allow_fast_float32, select_device
-
     try:
         device = select_device(args.device)
     except ValueError as exc:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
 from .datasets import BUILTIN_DATASET
 from .hub import check_push_settings
@@ -316,8 +317,6 @@ def tracker_names(log_with: str | list[str] | None) -> list[str]:
 def check_trackers(log_with: str | list[str] | None) -> None:
     """Raise ConfigError for a tracker accelerate does not know, or whose package is not installed (one line,
     with the pip command), before anything is written: accelerate itself would silently log nothing."""
-    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
-
     known = sorted(LOGGER_TYPE_TO_CLASS)
     available = {str(t) for t in get_available_trackers()}
     for name in tracker_names(log_with):
