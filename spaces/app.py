@@ -53,10 +53,12 @@ from huggingface_hub.utils import validate_repo_id
 from PIL import Image
 
 import ddpm_hub
+from ddpm_hub.datasets import BUILTIN_DATASET, BUILTIN_DATASETS
 from ddpm_hub.images import make_grid
 from ddpm_hub.loading import download_pipeline, pipeline_folder
 from ddpm_hub.plugins import get_samplers
 from ddpm_hub.samplers import resolve_steps
+from ddpm_hub.schedules import DEFAULT_NUM_TRAIN_TIMESTEPS
 
 #: the bundled model, used when no repo is given (replace the folder to change it)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default-model"
@@ -78,7 +80,7 @@ MAX_FRAMES = 64
 API_TRAJECTORY_FRAMES = 6
 #: uploads larger than this (longest side, pixels) are scaled down for the Explain tab
 MAX_UPLOAD_SIDE = 512
-MNIST5K = Path(ddpm_hub.__file__).resolve().parent / "datasets" / "mnist5k.parquet"
+MNIST5K = BUILTIN_DATASETS[BUILTIN_DATASET]
 MNIST5K_SIZE = 5000
 #: plain words for the core samplers; a plugin sampler is described by its factory's docstring
 SAMPLER_WORDS = {
@@ -780,7 +782,7 @@ def build_demo(
     )
     samplers = sampler_names()
     initial_sampler = "sde-dpm-solver++" if "sde-dpm-solver++" in samplers else samplers[0]
-    initial_T = 512
+    initial_T = DEFAULT_NUM_TRAIN_TIMESTEPS  # until a model is loaded
     concurrency = concurrency_limit or int(os.environ.get("DDPM_HUB_SPACE_CONCURRENCY", "2"))
     opts = dict(allow_local=allow_local, default=default)
     low, initial_steps, _ = step_bounds(initial_sampler, initial_T)
