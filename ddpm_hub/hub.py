@@ -638,3 +638,123 @@ def download_pipeline(
     except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
         raise _hub_error(exc, repo_id, revision, token, cache_dir) from exc
     return Path(folder)
+
+
+# --------------------------------------------------------------------------------------------------
+# Deploy the Space
+# --------------------------------------------------------------------------------------------------
+
+#: the file of a deployed Space that names its default model when that is a Hub repo (read by app.py)
+SPACE_MODEL_REPO_FILE = "default-model-repo.txt"
+#: the bundled model folder of the Space (spaces/default-model)
+SPACE_DEFAULT_MODEL = "default-model"
+
+
+def _space_model_folders(space_dir: Path) -> list[Path]:
+    """The model folders bundled in a Space folder (those holding a model_index.json)."""
+    return sorted(p for p in space_dir.iterdir() if p.is_dir() and (p / "model_index.json").is_file())
+
+
+def _check_space_model(folder: Path) -> None:
+    """A bundled model must load with core ddpm-hub alone: the Space vendors ddpm_hub, not its plugins."""
+    from .pipeline import check_pipeline_folder
+
+    index = check_pipeline_folder(folder)
+    plugins = sorted(
+        {
+            spec["distribution"]
+            for spec in (index.get("_ddpm_hub_requires") or {}).values()
+            if isinstance(spec, dict) and spec.get("distribution") not in (None, "ddpm-hub")
+        }
+    )
+    if plugins:
+        raise ValueError(
+            f"the model {folder} needs the plugin(s) {', '.join(plugins)}, which a deployed Space does not have "
+            "(it carries ddpm_hub only): push the model and deploy with a plain ddpm-hub model, or bundle one "
+            "that uses the core backbone and schedules"
+        )
+
+
+def stage_space(space_dir: str | Path, staging: str | Path, model: str | Path | None = None) -> list[str]:
+    """Write the files of a Space repo into ``staging``; return the Hub models its card names.
+
+    ``space_dir`` is the checkout's ``spaces/`` (app.py, README.md, requirements.txt, the bundled model
+    folders). The ``ddpm_hub`` package that is running is copied beside ``app.py``, so that the Space runs
+    from its own files (spaces/README.md says why it is vendored rather than installed from a wheel).
+    ``model``: ``None`` keeps the bundled model(s); a pipeline or run folder replaces ``default-model/``; a Hub
+    repo id becomes the default model (written to :data:`SPACE_MODEL_REPO_FILE`) and no model is bundled.
+    """
+    from huggingface_hub import SpaceCard
+
+    import ddpm_hub
+
+    space_dir, staging = Path(space_dir), Path(staging)
+    if not (space_dir / "app.py").is_file():
+        raise FileNotFoundError(f"no Space at {space_dir}: it has no app.py")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+    shutil.copytree(space_dir, staging, ignore=ignore, dirs_exist_ok=True)
+    shutil.copytree(Path(ddpm_hub.__file__).resolve().parent, staging / "ddpm_hub", ignore=ignore)
+
+    card = SpaceCard.load(staging / "README.md")
+    models = list(card.data.get("models") or [])
+    if model is not None:
+        local = Path(model).expanduser()
+        if local.is_dir():
+            pipeline_dir, _ = resolve_run(local)
+            shutil.rmtree(staging / SPACE_DEFAULT_MODEL, ignore_errors=True)
+            (staging / SPACE_DEFAULT_MODEL).mkdir()
+            _stage(pipeline_dir, None, staging / SPACE_DEFAULT_MODEL)
+        elif is_repo_id(str(model)) and "/" in str(model):
+            for folder in _space_model_folders(staging):
+                if folder.name == SPACE_DEFAULT_MODEL:
+                    shutil.rmtree(folder)
+            (staging / SPACE_MODEL_REPO_FILE).write_text(f"{model}\n")
+            models.insert(0, str(model))
+        else:
+            raise ValueError(
+                f"--model {model!r} is neither a pipeline or run folder nor a Hub repo id (NAMESPACE/NAME)"
+            )
+    for folder in _space_model_folders(staging):
+        _check_space_model(folder)
+    if models:
+        card.data.models = list(dict.fromkeys(models))
+    card.save(staging / "README.md")
+    return list(dict.fromkeys(models))
+
+
+def deploy_space(
+    space_dir: str | Path,
+    repo_id: str,
+    model: str | Path | None = None,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+):
+    """Create or update the Space repo ``repo_id`` (gradio SDK) with the Space's files; return (url, commit).
+
+    One commit through huggingface_hub's ``upload_folder`` holds the files of :func:`stage_space`; files of
+    an earlier deploy that are no longer staged are deleted, so the repo is exactly what this deploy staged.
+    ``private`` applies when the Space is created. ``url`` is the Space's page on the Hub.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    check_push_settings(repo_id, push=False)
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="ddpm-hub-space-") as tmp:
+        staging = Path(tmp) / "space"
+        stage_space(space_dir, staging, model=model)
+        try:
+            url = api.create_repo(
+                repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True
+            )
+            commit = api.upload_folder(
+                repo_id=repo_id,
+                repo_type="space",
+                folder_path=staging,
+                commit_message=commit_message or "Deploy the ddpm-hub Space",
+                delete_patterns=["*"],
+            )
+        except HfHubHTTPError as exc:
+            raise _push_error(exc, repo_id, token) from exc
+    return url, commit
