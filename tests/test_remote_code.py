@@ -175,3 +175,22 @@ def test_a_plugin_backbone_and_schedule_travel_too(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split() == ["cosine"]
     np.testing.assert_allclose(np.load(tmp_path / "images.npy"), expected, atol=1e-6)
+
+
+def test_the_card_shows_both_ways_in_and_what_trust_remote_code_means(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from ddpm_hub.hub import write_model_card
+
+    _pipeline(tmp_path / "p")
+    text = ModelCard.load(write_model_card(tmp_path / "p", None, repo_id="me/m")).text
+    for expected in (
+        "ddpm-hub is not on PyPI",
+        "pip install ./ddpm-hub",
+        'pipe = load_pipeline("me/m")',
+        'DiffusionPipeline.from_pretrained("me/m", trust_remote_code=True)',
+        "`unet/ddpm_hub.models.unet.py`",
+        "pin `revision=`",
+    ):
+        assert expected in text, expected
+    assert "pip install 'ddpm-hub" not in text  # not on PyPI: no pip line that cannot work
