@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .datasets import BUILTIN_DATASET
+
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample an image grid from a pipeline folder, run folder or Hub repo")
@@ -28,11 +30,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .images import make_grid
-    from .pipeline import load_pipeline
+    from .loading import HubLoadError, load_pipeline
 
     if args.num_images < 1:
         raise SystemExit(f"--num-images must be at least 1, got {args.num_images}")
-    from .hub import HubLoadError
 
     try:
         pipe = load_pipeline(args.model, revision=args.revision)
@@ -218,8 +219,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="a pipeline folder, a training run folder, or a Hub repo id (NS/NAME)")
     p.add_argument(
         "--dataset",
-        default="mnist5k",
-        help="reference images: mnist5k (the built-in held-out split), a .parquet file or an image folder",
+        default=BUILTIN_DATASET,
+        help=f"reference images: {BUILTIN_DATASET} (the built-in held-out split), a .parquet file or an image folder",
     )
     p.add_argument("--num-samples", type=int, default=1000, help="images to generate (compare at equal N)")
     p.add_argument(
@@ -246,7 +247,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from . import evaluate
-    from .pipeline import load_pipeline
+    from .loading import load_pipeline
 
     if args.num_samples < 2:
         raise SystemExit(

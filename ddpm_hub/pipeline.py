@@ -1,4 +1,4 @@
-"""DDPMHubPipeline and load_pipeline (seed: "3. IMAGE GENERATION (Reverse Process)").
+"""DDPMHubPipeline (seed: "3. IMAGE GENERATION (Reverse Process)"); ``ddpm_hub.loading`` loads it.
 
 The pipeline is a diffusers ``DiffusionPipeline`` with two components, ``unet`` (any registered
 backbone, or diffusers' ``UNet2DModel``) and ``scheduler`` (the training scheduler, or any diffusers
@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin, SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
+
+from .plugins import backbone_name_of, distribution_of, get_schedules
+from .remote_code import write_remote_code
+from .samplers import make_sampler, resolve_steps
+from .scheduler import original_sample
 
 #: the type of ``callback_on_step_end``: (pipeline, step index, timestep, tensors) -> optional new tensors
 StepCallback = Callable[
@@ -59,8 +63,6 @@ class DDPMHubPipeline(DiffusionPipeline):
         form diffusers reads custom code from. ddpm-hub's own loading (``load_pipeline``, :meth:`from_pretrained`)
         never runs that code. ``push_to_hub=True`` (with ``repo_id=`` ...) uploads the folder with its code.
         """
-        from .remote_code import write_remote_code
-
         self.register_to_config(_ddpm_hub_requires=pipeline_requirements(self.unet, self.scheduler))
         push_keys = ("repo_id", "commit_message", "private", "token", "create_pr")
         push = {k: kwargs.pop(k) for k in push_keys if k in kwargs}
@@ -80,8 +82,6 @@ class DDPMHubPipeline(DiffusionPipeline):
         ``torch_dtype``, ``variant``, ``low_cpu_mem_usage``, ``device_map`` for the unet. For a Hub repo use
         ``ddpm_hub.load_pipeline(repo_id)``.
         """
-        from diffusers import ModelMixin, SchedulerMixin
-
         folder = Path(pretrained_model_name_or_path)
         if not (folder / "model_index.json").is_file():
             raise ValueError(
@@ -128,28 +128,11 @@ class DDPMHubPipeline(DiffusionPipeline):
 
     def make_sampler(self, name: str):
         """The registered sampler ``name`` (``ddpm``, ``ddim``, ``dpm-solver++``, ...) with this model's betas."""
-        from .samplers import make_sampler
-
         return make_sampler(name, self.scheduler)
-
-    @staticmethod
-    def predict_original_sample(
-        scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor
-    ) -> torch.Tensor:
-        """x_0 implied by the model output at ``timestep`` (for schedulers whose step does not return it)."""
-        alpha_bar = torch.as_tensor(scheduler.alphas_cumprod)[int(timestep)].to(sample.device, sample.dtype)
-        prediction_type = scheduler.config.get("prediction_type", "epsilon")
-        if prediction_type == "sample":
-            return model_output
-        if prediction_type == "v_prediction":
-            return alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * model_output
-        return (sample - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()
 
     def _resolve_steps(self, sampler: str | None, scheduler, steps: Any) -> int:
         """The sampler's steps from its registry entry; for ``sampler=None`` the pipeline's own scheduler,
         checked as the ``ddpm`` sampler when it is a DDPM scheduler."""
-        from .samplers import resolve_steps
-
         T = int(scheduler.config.num_train_timesteps)
         if sampler is not None:
             return resolve_steps(sampler, steps, T)
@@ -211,7 +194,7 @@ class DDPMHubPipeline(DiffusionPipeline):
             if callback_on_step_end is not None:
                 x0 = getattr(out, "pred_original_sample", None)
                 if x0 is None:
-                    x0 = self.predict_original_sample(scheduler, model_output, t, image)
+                    x0 = original_sample(scheduler, model_output, t, image)
                 result = callback_on_step_end(
                     self, i, int(t), {"sample": out.prev_sample, "pred_original_sample": x0}
                 )
@@ -251,19 +234,6 @@ def check_backbone_output(unet: Any, output: Any, sample: torch.Tensor) -> None:
         )
 
 
-def _pipeline_folder(path: Path) -> Path:
-    """The pipeline folder in ``path``: the folder itself, or a training run's ``pipeline/``."""
-    if (path / "model_index.json").is_file():
-        return path
-    if (path / "pipeline" / "model_index.json").is_file():
-        return path / "pipeline"
-    raise FileNotFoundError(
-        f"{path} is not a pipeline folder: it has no model_index.json (nor pipeline/model_index.json, as a "
-        "training run folder has). Point to the folder that `DDPMHubPipeline.save_pretrained` or "
-        "`ddpm-hub train` wrote"
-    )
-
-
 def pipeline_requirements(unet: Any, scheduler: Any) -> dict[str, dict[str, Any]]:
     """What ``_ddpm_hub_requires`` records: for ``unet`` and ``scheduler``, the providing distribution and version.
 
@@ -272,8 +242,6 @@ def pipeline_requirements(unet: Any, scheduler: Any) -> dict[str, dict[str, Any]
     whose betas come from a named schedule, the distribution of that schedule (``beta_schedule``); otherwise
     the distribution of the scheduler class.
     """
-    from .plugins import backbone_name_of, distribution_of, get_schedules
-
     requires: dict[str, dict[str, Any]] = {}
     cls = type(unet)
     entry = backbone_name_of(cls)
@@ -302,154 +270,3 @@ def pipeline_requirements(unet: Any, scheduler: Any) -> dict[str, dict[str, Any]
     elif (found := distribution_of(type(scheduler))) is not None:
         requires["scheduler"] = {"distribution": found[0], "version": found[1]}
     return requires
-
-
-def _missing_plugin_message(what: str, requirement: dict[str, Any], fallback: str) -> str:
-    """The sentence that says which distribution to install (or allow) for ``what``."""
-    import importlib.metadata
-
-    from .plugins import _normalize, allowed_plugins
-
-    dist = requirement.get("distribution") or fallback
-    version = requirement.get("version")
-    saved = f" (saved with version {version})" if version else ""
-    try:
-        importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        pin = f"=={version}" if version else ""
-        return f"{what} is provided by the distribution {dist!r}{saved}, which is not installed: pip install {dist}{pin}"
-    allowed = allowed_plugins()
-    if allowed is not None and _normalize(dist) not in allowed:
-        return (
-            f"{what} is provided by the distribution {dist!r}{saved}, which is installed but not loaded because "
-            f"DDPM_HUB_LOAD_PLUGINS={os.environ['DDPM_HUB_LOAD_PLUGINS']!r} leaves it out: add {dist} to it"
-        )
-    return (
-        f"{what} is provided by the distribution {dist!r}{saved}, which is installed but does not provide it; "
-        f"upgrade it: pip install -U {dist}"
-    )
-
-
-def check_pipeline_folder(folder: Path) -> dict[str, Any]:
-    """Check that a pipeline folder is complete and loadable safely; return its model_index.json.
-
-    Raises a clear error when a component folder or its safetensors weights are missing, when the weights
-    exist only as pickle files (never loaded), or when a component's library or the scheduler's
-    ``beta_schedule`` (a plugin) is not installed or not loaded (``MissingPluginError``, naming the
-    distribution recorded in ``_ddpm_hub_requires``).
-    """
-    from .plugins import MissingPluginError, get_schedules
-
-    index = json.loads((folder / "model_index.json").read_text())
-    requires = index.get("_ddpm_hub_requires") or {}
-    for name in ("unet", "scheduler"):
-        if name not in index:
-            raise ValueError(
-                f"{folder / 'model_index.json'} has no {name!r} component; this is not a DDPM pipeline"
-            )
-        library, class_name = index[name]
-        what = f"this checkpoint's {name} ({library}.{class_name})"
-        try:
-            module = importlib.import_module(library)
-        except ImportError as exc:
-            message = _missing_plugin_message(
-                what, requires.get(name, {}), library.split(".")[0].replace("_", "-")
-            )
-            raise MissingPluginError(message, name=library) from exc
-        if not hasattr(module, class_name):
-            raise MissingPluginError(
-                f"this checkpoint's {name} is {library}.{class_name}, but the installed {library} has no "
-                f"{class_name}; upgrade it"
-            )
-        component = folder / name
-        if not component.is_dir():
-            raise FileNotFoundError(f"incomplete pipeline folder {folder}: the {name}/ folder is missing")
-    unet = folder / "unet"
-    if not (unet / "config.json").is_file():
-        raise FileNotFoundError(f"incomplete pipeline folder {folder}: unet/config.json is missing")
-    if not list(unet.glob("*.safetensors")):
-        pickles = [p.name for p in unet.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
-        if pickles:
-            raise ValueError(
-                f"{unet} holds weights only as pickle files ({', '.join(pickles)}); ddpm-hub loads safetensors only, "
-                "since unpickling a downloaded file can run arbitrary code. Convert them where you trust the file "
-                "(load it, then save_pretrained(..., safe_serialization=True))"
-            )
-        raise FileNotFoundError(f"incomplete pipeline folder {folder}: unet/ has no .safetensors weights")
-    scheduler_config = folder / "scheduler" / "scheduler_config.json"
-    if not scheduler_config.is_file():
-        raise FileNotFoundError(
-            f"incomplete pipeline folder {folder}: scheduler/scheduler_config.json is missing"
-        )
-    if index["scheduler"][1] == "DDPMHubScheduler":
-        config = json.loads(scheduler_config.read_text())
-        schedule = config.get("beta_schedule", "linear")
-        if config.get("trained_betas") is None and schedule not in get_schedules():
-            requirement = requires.get("scheduler", {})
-            if requirement.get("beta_schedule") not in (None, schedule):
-                requirement = {}
-            fallback = "the plugin that registers it (see `ddpm-hub plugins --all`)"
-            if requirement:
-                message = _missing_plugin_message(
-                    f"this checkpoint's beta_schedule {schedule!r}", requirement, ""
-                )
-            else:
-                message = (
-                    f"this checkpoint's beta_schedule {schedule!r} is not registered; install {fallback}"
-                )
-            raise MissingPluginError(message)
-    return index
-
-
-def load_pipeline(
-    repo_id_or_path: str | Path,
-    revision: str | None = None,
-    token: str | bool | None = None,
-    cache_dir: str | Path | None = None,
-    **kwargs: Any,
-) -> DDPMHubPipeline:
-    """Load a pipeline from a local folder (a pipeline folder or a training run folder) or a Hub repo.
-
-    A local folder wins; otherwise ``repo_id_or_path`` is a Hub repo id (``NAMESPACE/NAME``), downloaded
-    into the Hugging Face cache, safetensors/json/md/png files only (``revision``: a branch, tag or commit
-    sha; ``token``: for private repos, default the logged-in token). With ``HF_HUB_OFFLINE=1`` it loads
-    from the cache. A repo that holds only pickle weights is refused before anything is downloaded.
-    Loads ddpm-hub checkpoints and stock diffusers DDPM checkpoints (``UNet2DModel`` + ``DDPMScheduler``)
-    alike. ``kwargs`` go to ``DiffusionPipeline.from_pretrained`` (``torch_dtype`` ...).
-
-    Raises:
-        FileNotFoundError: a local path that does not exist, or a folder that is not a pipeline folder.
-        ValueError: a string that is neither an existing folder nor a valid Hub repo id.
-        ddpm_hub.hub.HubLoadError: the Hub repo could not be loaded; ``.reason`` is one of
-            ``repo_not_found``, ``revision_not_found``, ``authentication``, ``offline_not_cached``,
-            ``pickle_only``, ``incomplete``, ``http``.
-    """
-    from .plugins import load_plugins
-
-    load_plugins()
-    path = Path(repo_id_or_path).expanduser()
-    if path.is_dir():
-        folder = _pipeline_folder(path)
-        check_pipeline_folder(folder)
-    else:
-        from . import hub
-
-        name = str(repo_id_or_path)
-        if isinstance(repo_id_or_path, Path) or name.startswith((".", "/", "~", "\\")) or path.exists():
-            raise FileNotFoundError(f"no pipeline folder at {path}")
-        if not hub.is_repo_id(name):
-            raise ValueError(
-                f"{name!r} is neither an existing local folder nor a valid Hub repo id: give a pipeline folder, a "
-                "training run folder, or a Hub repo id such as NAMESPACE/NAME (letters, digits, '-', '_', '.')"
-            )
-        folder = hub.download_pipeline(name, revision=revision, token=token, cache_dir=cache_dir)
-        try:
-            check_pipeline_folder(folder)
-        except FileNotFoundError as exc:
-            raise hub.HubLoadError(
-                f"Hub repo {name}{f' (revision {revision})' if revision else ''} is not a complete pipeline: {exc}",
-                "incomplete",
-                name,
-                revision,
-            ) from exc
-    return DDPMHubPipeline.from_pretrained(folder, use_safetensors=True, **kwargs)
