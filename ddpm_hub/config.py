@@ -32,6 +32,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from .datasets import BUILTIN_DATASET
+from .hub import check_push_settings
 from .schedules import DEFAULT_NUM_TRAIN_TIMESTEPS
 
 #: the model of the built-in default (configs/mnist.yaml): 28 px digits, 0.69M parameters, attention at 7x7
@@ -87,6 +88,9 @@ class DataConfig:
     split: str = "train"
     #: the image column; default: the only Image column, else ``image`` or ``img``
     image_column: str | None = None
+    #: class labels for a class-conditional model: a column name, or auto (label, labels or class; an image
+    #: folder's class subfolders); null: unconditional
+    label_column: str | None = None
     #: square training size; null: the size of the first image (after center crop)
     image_size: int | None = 28
     #: 1 (grayscale), 3 (RGB) or null (auto: 3 if any of the first images has color)
@@ -167,6 +171,8 @@ class TrainConfig:
     #: clip the global gradient norm to this; null: no clipping
     max_grad_norm: float | None = 1.0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    #: class-conditional runs: the share of labels replaced by the null class, for classifier-free guidance
+    p_uncond: float = 0.1
     #: min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5.0; null: plain MSE, the seed's loss
     snr_gamma: float | None = None
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -224,6 +230,10 @@ class TrainConfig:
             raise ConfigError(
                 f"max_grad_norm must be positive or null (no clipping), got {self.max_grad_norm}"
             )
+        if not 0 <= self.p_uncond < 1:
+            raise ConfigError(
+                f"p_uncond must be in [0, 1) (0.1 is usual; 0 trains no null class, so no guidance), got {self.p_uncond}"
+            )
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ConfigError(f"snr_gamma must be positive or null (plain MSE), got {self.snr_gamma}")
         if not 0 <= self.ema.max_decay < 1 or not 0 <= self.ema.min_decay <= self.ema.max_decay:
@@ -247,8 +257,6 @@ class TrainConfig:
         if d.max_samples is not None and d.max_samples < 1:
             raise ConfigError(f"data.max_samples must be positive or null, got {d.max_samples}")
         if self.push_to_hub or self.hub_repo_id is not None:
-            from .hub import check_push_settings
-
             try:  # before training, not after hours of it
                 check_push_settings(self.hub_repo_id, push=self.push_to_hub)
             except ValueError as exc:

@@ -31,14 +31,18 @@ Inception FID/KID: not bundled (no network here, and no Inception-v3 implementat
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_model, save_model
 from torch import nn
 
 from .datasets import BUILTIN_DATASET, BUILTIN_DATASETS, DATASETS_DIR
@@ -79,8 +83,6 @@ class MnistClassifier(nn.Module):
 
 
 def _image_column(ds) -> str:
-    import datasets
-
     for name, feature in ds.features.items():
         if isinstance(feature, datasets.Image):
             return name
@@ -95,8 +97,6 @@ def load_images(dataset: str | Path = BUILTIN_DATASET, rows: range | None = None
     ``dataset``: ``"mnist5k"`` (the built-in data; default rows: the held-out reference split), a
     ``.parquet`` file, or a folder of images (``datasets``' imagefolder).
     """
-    import datasets
-
     if str(dataset) == BUILTIN_DATASET:
         ds = datasets.load_dataset("parquet", data_files=str(MNIST5K), split="train")
         rows = REFERENCE_ROWS if rows is None else rows
@@ -114,7 +114,6 @@ def load_images(dataset: str | Path = BUILTIN_DATASET, rows: range | None = None
     if rows is not None:
         ds = ds.select(rows)
     column = _image_column(ds)
-    from PIL import Image
 
     arrays = []
     for image in ds[column]:
@@ -126,8 +125,6 @@ def load_images(dataset: str | Path = BUILTIN_DATASET, rows: range | None = None
 
 
 def load_labels(rows: range) -> torch.Tensor:
-    import datasets
-
     ds = datasets.load_dataset("parquet", data_files=str(MNIST5K), split="train").select(rows)
     return torch.tensor(ds["label"])
 
@@ -170,8 +167,6 @@ def train_classifier(epochs: int = 8, seed: int = 0, batch_size: int = 64) -> tu
 def save_classifier(
     model: MnistClassifier, path: str | Path, accuracy: float, seed: int, epochs: int
 ) -> None:
-    from safetensors.torch import save_model
-
     metadata = {
         "held_out_accuracy": f"{accuracy:.4f}",
         "seed": str(seed),
@@ -184,8 +179,6 @@ def save_classifier(
 
 def load_classifier(path: str | Path | None = None) -> MnistClassifier:
     """The shipped MNIST-5k classifier (or the safetensors file at ``path``), in eval mode."""
-    from safetensors.torch import load_model
-
     path = Path(path) if path is not None else CLASSIFIER_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(
@@ -360,18 +353,73 @@ def generate(
     steps: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
+    class_labels: list[int] | None = None,
+    guidance_scale: float | None = None,
 ) -> torch.Tensor:
-    """``num_samples`` images (N, C, H, W) in [0, 1] from a pipeline, in batches, reproducibly."""
+    """``num_samples`` images (N, C, H, W) in [0, 1] from a pipeline, in batches, reproducibly.
+
+    ``class_labels``: a class id per image (class-conditional pipelines), with ``guidance_scale``.
+    """
+    if class_labels is not None and len(class_labels) != num_samples:
+        raise ValueError(f"{len(class_labels)} class_labels for {num_samples} samples")
     g = torch.Generator(device="cpu").manual_seed(seed)
     out = []
     for i in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - i)
+        conditioning = {}
+        if class_labels is not None:
+            conditioning = {"class_labels": class_labels[i : i + n], "guidance_scale": guidance_scale}
         out.append(
             pipe(
-                batch_size=n, generator=g, num_inference_steps=steps, sampler=sampler, output_type="pt"
+                batch_size=n,
+                generator=g,
+                num_inference_steps=steps,
+                sampler=sampler,
+                output_type="pt",
+                **conditioning,
             ).images
         )
     return torch.cat(out)
+
+
+def balanced_labels(num_classes: int, num_samples: int) -> list[int]:
+    """Class ids 0, 1, ..., n-1, 0, 1, ... for ``num_samples`` images: every class equally often."""
+    return [i % num_classes for i in range(num_samples)]
+
+
+def digit_of_each_class(class_names: list[str]) -> list[int]:
+    """The digit (0-9) that the classifier should see for each class of a model, from its class names."""
+    digits = []
+    for name in class_names:
+        if not (str(name).isdigit() and 0 <= int(name) <= 9):
+            raise ValueError(
+                f"class accuracy uses the shipped MNIST classifier, so the model's classes must be the digits "
+                f"0-9; this model's classes are {class_names}"
+            )
+        digits.append(int(name))
+    return digits
+
+
+def class_accuracy(
+    images: torch.Tensor,
+    class_labels: list[int],
+    class_names: list[str],
+    classifier: MnistClassifier | None = None,
+) -> dict[str, Any]:
+    """The share of ``images`` that the shipped classifier assigns to the class each was generated for.
+
+    Returns ``class_accuracy`` (over all images) and ``class_accuracy_per_class`` (name -> share).
+    """
+    if len(images) != len(class_labels):
+        raise ValueError(f"{len(images)} images for {len(class_labels)} class_labels")
+    digits = torch.tensor(digit_of_each_class(class_names))[torch.as_tensor(class_labels)]
+    predicted = classifier_outputs(images, classifier)[1].argmax(-1)
+    correct = (predicted == digits).double()
+    labels = torch.as_tensor(class_labels)
+    per_class = {
+        class_names[c]: round(correct[labels == c].mean().item(), 4) for c in sorted(set(class_labels))
+    }
+    return {"class_accuracy": correct.mean().item(), "class_accuracy_per_class": per_class}
 
 
 def evaluate_pipeline(
@@ -405,8 +453,6 @@ def inception_features(images: torch.Tensor) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m ddpm_hub.evaluate train-classifier OUT``: rebuild the shipped classifier weights."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m ddpm_hub.evaluate", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train-classifier", help="train the MNIST-5k classifier and save it as safetensors")

@@ -11,7 +11,9 @@ ddpm-hub's own loading never runs.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin, SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from .conditioning import DEFAULT_GUIDANCE_SCALE, guide, label_ids, num_classes_of
 from .plugins import backbone_name_of, distribution_of, get_schedules
 from .remote_code import write_remote_code
 from .samplers import make_sampler, resolve_steps
@@ -34,18 +37,54 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 
 
 class DDPMHubPipeline(DiffusionPipeline):
-    """Unconditional image generation by the seed's reverse loop.
+    """Image generation by the seed's reverse loop; class-conditional with classifier-free guidance when the
+    backbone was trained on labels (``unet.config.num_class_embeds``).
 
     Args:
         unet: the noise-predicting backbone (``config.sample_size``, ``config.in_channels``).
         scheduler: the scheduler it was trained with; ``sampler=`` in ``__call__`` picks another one.
+        class_names: the name of each class of a class-conditional ``unet`` (saved in model_index.json, as
+            DiTPipeline saves ``id2label``); default ``"0"``, ``"1"``, ...
     """
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, scheduler):
+    def __init__(self, unet, scheduler, class_names: list[str] | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        n = num_classes_of(unet)
+        if class_names is not None:
+            if n is None:
+                raise ValueError(
+                    "class_names were given, but the unet is unconditional (no num_class_embeds)"
+                )
+            if len(class_names) != n:
+                raise ValueError(f"{len(class_names)} class_names for a unet with {n} classes")
+            # only for conditional models, so that an unconditional model_index.json stays as it was
+            self.register_to_config(class_names=[str(c) for c in class_names])
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes of a class-conditional model; None for an unconditional one."""
+        return num_classes_of(self.unet)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The class names (index = class id) of a class-conditional model; None for an unconditional one."""
+        n = self.num_classes
+        if n is None:
+            return None
+        names = self.config.get("class_names")
+        return list(names) if names else [str(i) for i in range(n)]
+
+    def get_label_ids(self, label: int | str | list[int | str]) -> list[int]:
+        """Class ids for class names or ids (diffusers' DiTPipeline has the same method for names)."""
+        if self.num_classes is None:
+            raise ValueError(
+                "this model is unconditional (its unet has no num_class_embeds), so it takes no class_labels; "
+                "load a class-conditional model, or leave class_labels out"
+            )
+        return label_ids(label, self.class_names, self.num_classes)
 
     def save_pretrained(
         self, save_directory: str | Path, *args: Any, push_to_hub: bool = False, **kwargs: Any
@@ -78,7 +117,8 @@ class DDPMHubPipeline(DiffusionPipeline):
 
         Each component is built by its class's own ``from_pretrained`` (the unet from safetensors only), the
         classes being the installed ones that model_index.json names; the ``.py`` files a folder carries for
-        stock diffusers are never read. ``kwargs``: components to use instead (``unet=``, ``scheduler=``), and
+        stock diffusers are never read. ``kwargs``: components to use instead (``unet=``, ``scheduler=``), the
+        pipeline's other init arguments (default: model_index.json's, such as ``class_names``), and
         ``torch_dtype``, ``variant``, ``low_cpu_mem_usage``, ``device_map`` for the unet. For a Hub repo use
         ``ddpm_hub.load_pipeline(repo_id)``.
         """
@@ -95,6 +135,9 @@ class DDPMHubPipeline(DiffusionPipeline):
         unet_options = ("torch_dtype", "variant", "low_cpu_mem_usage", "device_map")
         unet_kwargs = {k: kwargs.pop(k) for k in unet_options if k in kwargs}
         components = {name: kwargs.pop(name) for name in ("unet", "scheduler") if name in kwargs}
+        init_kwargs = {
+            k: kwargs.pop(k) for k in list(kwargs) if k in inspect.signature(cls.__init__).parameters
+        }
         if kwargs:
             raise TypeError(
                 f"DDPMHubPipeline.from_pretrained got unexpected arguments: {', '.join(sorted(kwargs))}"
@@ -115,7 +158,11 @@ class DDPMHubPipeline(DiffusionPipeline):
                 )
             else:
                 components[name] = component_cls.from_pretrained(folder, subfolder=name)
-        pipe = cls(**components)
+        # the pipeline's own init arguments that model_index.json records (class_names of a conditional model)
+        for key in inspect.signature(cls.__init__).parameters:
+            if key not in ("self", "unet", "scheduler") and key in index and key not in init_kwargs:
+                init_kwargs[key] = index[key]
+        pipe = cls(**components, **init_kwargs)
         pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         return pipe
 
@@ -154,11 +201,14 @@ class DDPMHubPipeline(DiffusionPipeline):
         return_dict: bool = True,
         sampler: str | None = None,
         callback_on_step_end: StepCallback | None = None,
+        class_labels: int | str | list[int | str] | None = None,
+        guidance_scale: float | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate ``batch_size`` images from pure noise.
 
         Args:
-            batch_size: number of images.
+            batch_size: number of images; with a list of ``class_labels``, one image per label (then
+                ``batch_size`` may be left at 1 or must equal the list's length).
             generator: a ``torch.Generator`` (or one per image) for reproducible images. With the same
                 generator seed, unet and scheduler this gives the same images as diffusers' ``DDPMPipeline``.
             num_inference_steps: reverse steps; default all T for DDPM, the sampler's default otherwise.
@@ -169,11 +219,42 @@ class DDPMHubPipeline(DiffusionPipeline):
             callback_on_step_end: called after every step as ``callback(pipe, i, t, tensors)`` with
                 ``tensors = {"sample": x_{t-1}, "pred_original_sample": predicted x_0}``; a returned dict
                 may replace ``"sample"``.
+            class_labels: class-conditional models only: a class id or name for every image, or a list of ids
+                or names (one per image), as in diffusers' DiTPipeline; None: the null class (any class).
+            guidance_scale: classifier-free guidance weight s, ``uncond + s * (cond - uncond)``; 1 is the plain
+                conditional model; default ``ddpm_hub.conditioning.DEFAULT_GUIDANCE_SCALE``.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not supported; use one of {OUTPUT_TYPES}")
+        labels = None
+        if class_labels is not None:
+            ids = self.get_label_ids(class_labels)
+            if isinstance(class_labels, (int, str)):
+                ids = ids * batch_size
+            elif batch_size not in (1, len(ids)):
+                raise ValueError(
+                    f"{len(ids)} class_labels for batch_size={batch_size}; give one label per image"
+                )
+            batch_size = len(ids)
+            labels = torch.tensor(ids, device=self.device)
+        if guidance_scale is None:
+            guidance_scale = DEFAULT_GUIDANCE_SCALE
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+            raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}")
+        if not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(
+                f"guidance_scale must be a finite number >= 0 (1: no guidance), got {guidance_scale}"
+            )
+        # Guidance needs the null-class output beside the conditional one: both in one batched forward.
+        guided = labels is not None and guidance_scale != 1
+        if guided:
+            null = torch.full_like(labels, self.num_classes)
+            forward_labels = torch.cat([labels, null])
+        else:
+            forward_labels = labels
+        unet_kwargs = {} if forward_labels is None else {"class_labels": forward_labels}
         scheduler = self.scheduler if sampler is None else self.make_sampler(sampler)
         num_inference_steps = self._resolve_steps(sampler, scheduler, num_inference_steps)
 
@@ -186,10 +267,15 @@ class DDPMHubPipeline(DiffusionPipeline):
 
         # Seed, "Reverse loop": for ts in range(0, T)[::-1]
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
-            model_output = self.unet(scheduler.scale_model_input(image, t), t)
+            model_input = scheduler.scale_model_input(image, t)
+            if guided:
+                model_input = torch.cat([model_input, model_input])
+            model_output = self.unet(model_input, t, **unet_kwargs)
             if i == 0:
-                check_backbone_output(self.unet, model_output, image)
+                check_backbone_output(self.unet, model_output, model_input)
             model_output = model_output.sample
+            if guided:
+                model_output = guide(model_output, guidance_scale)
             out = scheduler.step(model_output, t, image, generator=generator)
             if callback_on_step_end is not None:
                 x0 = getattr(out, "pred_original_sample", None)
