@@ -14,7 +14,7 @@ import torch
 from . import __version__, evaluate
 from .conditioning import DEFAULT_GUIDANCE_SCALE
 from .datasets import BUILTIN_DATASET
-from .hub import HubPushError, push
+from .hub import HubPushError, deploy_space, push
 from .images import make_grid
 from .loading import HubLoadError, load_pipeline
 from .plugins import plugin_info
@@ -160,8 +160,6 @@ def space_app_path() -> Path:
 
 
 def cmd_deploy_space(args: argparse.Namespace) -> int:
-    from .hub import HubPushError, deploy_space
-
     if args.allow_local_paths:
         raise SystemExit(
             "ddpm-hub space: error: --allow-local-paths cannot be used with --deploy: a public Space never lets "

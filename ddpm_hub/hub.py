@@ -31,7 +31,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, ModelCard, ModelCardData, constants, get_token
+from huggingface_hub import HfApi, ModelCard, ModelCardData, SpaceCard, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import safe_open
@@ -545,16 +545,12 @@ def stage_space(space_dir: str | Path, staging: str | Path, model: str | Path | 
     ``model``: ``None`` keeps the bundled model(s); a pipeline or run folder replaces ``default-model/``; a Hub
     repo id becomes the default model (written to :data:`SPACE_MODEL_REPO_FILE`) and no model is bundled.
     """
-    from huggingface_hub import SpaceCard
-
-    import ddpm_hub
-
     space_dir, staging = Path(space_dir), Path(staging)
     if not (space_dir / "app.py").is_file():
         raise FileNotFoundError(f"no Space at {space_dir}: it has no app.py")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
     shutil.copytree(space_dir, staging, ignore=ignore, dirs_exist_ok=True)
-    shutil.copytree(Path(ddpm_hub.__file__).resolve().parent, staging / "ddpm_hub", ignore=ignore)
+    shutil.copytree(Path(__file__).resolve().parent, staging / "ddpm_hub", ignore=ignore)
 
     card = SpaceCard.load(staging / "README.md")
     models = list(card.data.get("models") or [])
