@@ -34,6 +34,7 @@ LAYERS = {
     "ddpm_hub.remote_code": "core",
     "ddpm_hub.loading": "core",
     "ddpm_hub.images": "core",
+    "ddpm_hub.devices": "core",
     "ddpm_hub.conditioning": "core",
     "ddpm_hub.datasets": "core",
     "ddpm_hub.datasets.make_mnist5k": "tools",
