@@ -53,14 +53,18 @@ from huggingface_hub.utils import validate_repo_id
 from PIL import Image
 
 import ddpm_hub
+from ddpm_hub.datasets import BUILTIN_DATASET, BUILTIN_DATASETS
 from ddpm_hub.devices import allow_fast_float32, select_device
 from ddpm_hub.images import make_grid
 from ddpm_hub.loading import download_pipeline, pipeline_folder
 from ddpm_hub.plugins import get_samplers
 from ddpm_hub.samplers import resolve_steps
+from ddpm_hub.schedules import DEFAULT_NUM_TRAIN_TIMESTEPS
 
 #: the bundled model, used when no repo is given (replace the folder to change it)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default-model"
+#: written by `ddpm-hub space --deploy --model NAMESPACE/NAME`: the Hub repo a deployed Space uses by default
+DEFAULT_MODEL_REPO_FILE = Path(__file__).resolve().parent / "default-model-repo.txt"
 #: what the model box shows for the bundled (or operator-chosen) default model
 DEFAULT_MODEL_LABEL = "default (bundled MNIST model)"
 #: Hub checkpoints offered in the model box (any other repo id can be typed in)
@@ -81,7 +85,7 @@ LIVE_UPDATES = 8
 API_TRAJECTORY_FRAMES = 6
 #: uploads larger than this (longest side, pixels) are scaled down for the Explain tab
 MAX_UPLOAD_SIDE = 512
-MNIST5K = Path(ddpm_hub.__file__).resolve().parent / "datasets" / "mnist5k.parquet"
+MNIST5K = BUILTIN_DATASETS[BUILTIN_DATASET]
 MNIST5K_SIZE = 5000
 #: plain words for the core samplers; a plugin sampler is described by its factory's docstring
 SAMPLER_WORDS = {
@@ -776,13 +780,16 @@ def build_demo(
 
     Args:
         default_model: the model used when the visitor gives none: a pipeline or run folder, or a Hub repo id
-            (chosen by the operator, so a local path is always allowed here). Default: ``DEFAULT_MODEL_DIR``.
+            (chosen by the operator, so a local path is always allowed here). Default: the repo named in
+            ``DEFAULT_MODEL_REPO_FILE`` (a deployed Space's ``--model``), else ``DEFAULT_MODEL_DIR``.
         allow_local_paths: let visitors load folders on this server; default: the ``DDPM_HUB_SPACE_ALLOW_LOCAL``
             env var, else off.
         presets: Hub repo ids offered in the model box.
         concurrency_limit: requests run at once (gradio's queue); default ``DDPM_HUB_SPACE_CONCURRENCY`` or 2.
     """
     allow_local = env_allows_local_paths() if allow_local_paths is None else bool(allow_local_paths)
+    if default_model is None and DEFAULT_MODEL_REPO_FILE.is_file():
+        default_model = DEFAULT_MODEL_REPO_FILE.read_text().strip()
     default = resolve_model(
         str(default_model or DEFAULT_MODEL_DIR),
         None,
@@ -791,7 +798,7 @@ def build_demo(
     )
     samplers = sampler_names()
     initial_sampler = "sde-dpm-solver++" if "sde-dpm-solver++" in samplers else samplers[0]
-    initial_T = 512
+    initial_T = DEFAULT_NUM_TRAIN_TIMESTEPS  # until a model is loaded
     concurrency = concurrency_limit or int(os.environ.get("DDPM_HUB_SPACE_CONCURRENCY", "2"))
     opts = dict(allow_local=allow_local, default=default)
     low, initial_steps, _ = step_bounds(initial_sampler, initial_T)
