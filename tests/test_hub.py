@@ -275,8 +275,8 @@ def test_round_trip_push_then_pull_into_an_empty_cache_gives_the_same_images(hub
     local = load_pipeline(run_dir)
     assert torch.equal(sample(pulled), sample(local))
     assert torch.equal(
-        sample(pulled, sampler="ddim", num_inference_steps=5),
-        sample(local, sampler="ddim", num_inference_steps=5),
+        sample(pulled, sampler="ddim", num_inference_steps=8),
+        sample(local, sampler="ddim", num_inference_steps=8),
     )
     snapshot = next((cache / f"models--{repo_id.replace('/', '--')}" / "snapshots").iterdir())
     assert not any(p.suffix in (".bin", ".pt", ".pth") for p in snapshot.rglob("*"))
@@ -410,7 +410,7 @@ def test_cli_push_then_sample_from_the_repo(hub_server, run_dir, tmp_path, capsy
                 "--num-images",
                 "4",
                 "--steps",
-                "4",
+                "8",
                 "--sampler",
                 "ddim",
                 "--out",
