@@ -55,11 +55,11 @@ def test_generate_returns_the_requested_images_and_trajectory(client):
     grid, singles, trajectory, summary = _generate(client, num_images=3)
     assert len(singles) == 3
     assert np.asarray(Image.open(grid)).std() > 5  # the grid is not blank
-    # the trajectory: x_t and the predicted x_0 at each of the 5 steps (up to 6 frames)
+    # the trajectory: x_t and the predicted x_0 at 6 of the 8 steps (API_TRAJECTORY_FRAMES), first and last included
     captions = [item["caption"] for item in trajectory]
-    assert len(captions) == 10
-    assert captions[0] == "x after step 1/5 (t=511)" and captions[1] == "predicted x0 at t=511"
-    assert captions[-2].startswith("x after step 5/5")
+    assert len(captions) == 12
+    assert captions[0] == "x after step 1/8 (t=511)" and captions[1] == "predicted x0 at t=511"
+    assert captions[-2].startswith("x after step 8/8")
     assert "3 images" in summary and "ddim" in summary
 
 
