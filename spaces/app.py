@@ -61,6 +61,8 @@ from ddpm_hub.samplers import resolve_steps
 
 #: the bundled model, used when no repo is given (replace the folder to change it)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default-model"
+#: written by `ddpm-hub space --deploy --model NAMESPACE/NAME`: the Hub repo a deployed Space uses by default
+DEFAULT_MODEL_REPO_FILE = Path(__file__).resolve().parent / "default-model-repo.txt"
 #: what the model box shows for the bundled (or operator-chosen) default model
 DEFAULT_MODEL_LABEL = "default (bundled MNIST model)"
 #: Hub checkpoints offered in the model box (any other repo id can be typed in)
@@ -767,13 +769,16 @@ def build_demo(
 
     Args:
         default_model: the model used when the visitor gives none: a pipeline or run folder, or a Hub repo id
-            (chosen by the operator, so a local path is always allowed here). Default: ``DEFAULT_MODEL_DIR``.
+            (chosen by the operator, so a local path is always allowed here). Default: the repo named in
+            ``DEFAULT_MODEL_REPO_FILE`` (a deployed Space's ``--model``), else ``DEFAULT_MODEL_DIR``.
         allow_local_paths: let visitors load folders on this server; default: the ``DDPM_HUB_SPACE_ALLOW_LOCAL``
             env var, else off.
         presets: Hub repo ids offered in the model box.
         concurrency_limit: requests run at once (gradio's queue); default ``DDPM_HUB_SPACE_CONCURRENCY`` or 2.
     """
     allow_local = env_allows_local_paths() if allow_local_paths is None else bool(allow_local_paths)
+    if default_model is None and DEFAULT_MODEL_REPO_FILE.is_file():
+        default_model = DEFAULT_MODEL_REPO_FILE.read_text().strip()
     default = resolve_model(
         str(default_model or DEFAULT_MODEL_DIR),
         None,
