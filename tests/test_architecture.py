@@ -42,6 +42,7 @@ LAYERS = {
     "ddpm_hub.evaluate": "evaluation",
     "ddpm_hub.config": "training",
     "ddpm_hub.data": "training",
+    "ddpm_hub.checkpoints": "training",
     "ddpm_hub.train": "training",
     "ddpm_hub.cli": "cli",
 }
@@ -223,7 +224,8 @@ def test_core_modules_import_in_a_fresh_interpreter_without_training_or_gradio(m
     code = (
         f"import sys, {module}; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'gradio' "
-        "or m in ('ddpm_hub.train', 'ddpm_hub.cli', 'ddpm_hub.hub', 'ddpm_hub.config', 'ddpm_hub.evaluate')); "
+        "or m in ('ddpm_hub.train', 'ddpm_hub.checkpoints', 'ddpm_hub.cli', 'ddpm_hub.hub', 'ddpm_hub.config', "
+        "'ddpm_hub.evaluate')); "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
