@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
@@ -24,29 +27,84 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_sample)
 
 
+def _fail(command: str, message: object, code: int = 1) -> NoReturn:
+    """One line on stderr and exit ``code``: 2 for a bad argument (as argparse), 1 for a failure."""
+    line = f"ddpm-hub {command}: error: {message}"
+    if code == 1:
+        raise SystemExit(line)  # Python prints it and exits 1
+    print(line, file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _check_out(command: str, path: Path, image: bool) -> None:
+    """Exit 2 unless ``--out`` is a file that can be written (an image format for ``image``), before any work."""
+    if path.is_dir():
+        name = "grid.png" if image else "report.json"
+        _fail(command, f"--out {path} is a folder; give a file name, such as {path / name}", 2)
+    if image:
+        from PIL import Image
+
+        fmt = Image.registered_extensions().get(path.suffix.lower())
+        if fmt not in Image.SAVE:
+            _fail(
+                command,
+                f"--out {path} needs an image file extension that PIL can write: .png, .jpg or .webp",
+                2,
+            )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(f"{path} is read-only")
+    except OSError as exc:
+        _fail(command, f"--out {path} cannot be written ({exc.strerror or exc}); choose another location", 2)
+
+
+def _load(command: str, model: str, revision: str | None):
+    """``load_pipeline`` with its errors as one line (exit 1)."""
+    from .pipeline import load_pipeline
+
+    try:
+        return load_pipeline(model, revision=revision)
+    except (OSError, ValueError, ImportError) as exc:  # HubLoadError and FileNotFoundError are OSErrors
+        _fail(command, exc)
+
+
+def _steps(command: str, pipe, sampler: str | None, steps: int | None) -> int:
+    """The sampler's steps for this model, checked against its registry entry (exit 2 when bad)."""
+    try:
+        return pipe.resolve_steps(sampler, steps)
+    except ValueError as exc:
+        option = "--sampler" if "unknown sampler" in str(exc) else "--steps"
+        _fail(command, f"{option}: {exc}", 2)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .images import make_grid
-    from .pipeline import load_pipeline
+    from .pipeline import NonFiniteSampleError
 
     if args.num_images < 1:
-        raise SystemExit(f"--num-images must be at least 1, got {args.num_images}")
-    from .hub import HubLoadError
-
+        _fail("sample", f"--num-images must be at least 1, got {args.num_images}", 2)
+    _check_out("sample", args.out, image=True)
+    pipe = _load("sample", args.model, args.revision)
+    steps = _steps("sample", pipe, args.sampler, args.steps)
     try:
-        pipe = load_pipeline(args.model, revision=args.revision)
-    except (HubLoadError, ValueError, FileNotFoundError, ImportError) as exc:
-        raise SystemExit(f"ddpm-hub sample: error: {exc}") from exc
-    images = pipe(
-        batch_size=args.num_images,
-        generator=torch.Generator(device="cpu").manual_seed(args.seed),
-        num_inference_steps=args.steps,
-        sampler=args.sampler,
-        output_type="pt",
-    ).images
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(images).save(args.out)
+        images = pipe(
+            batch_size=args.num_images,
+            generator=torch.Generator(device="cpu").manual_seed(args.seed),
+            num_inference_steps=steps,
+            sampler=args.sampler,
+            output_type="pt",
+        ).images
+    except NonFiniteSampleError as exc:
+        _fail("sample", f"{exc}; nothing was written to {args.out}")
+    try:
+        make_grid(images).save(args.out)
+    except OSError as exc:
+        _fail("sample", f"could not write {args.out}: {exc}")
     print(f"wrote {args.num_images} images to {args.out}")
     return 0
 
@@ -146,7 +204,11 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--revision", default=None, help="the branch to push to (created from main if missing)")
     p.add_argument("--commit-message", default=None)
-    p.add_argument("--license", default="apache-2.0", help="the weights' license for a generated model card")
+    p.add_argument(
+        "--license",
+        default=None,
+        help="the weights' license, a Hub license id such as mit (default: the card's, apache-2.0 for a new card)",
+    )
     p.add_argument("--token", default=None, help="a Hub token (default: HF_TOKEN or the logged-in token)")
     p.set_defaults(func=cmd_push)
 
@@ -204,31 +266,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from . import evaluate
-    from .pipeline import load_pipeline
+    from .pipeline import NonFiniteSampleError
 
     if args.num_samples < 2:
-        raise SystemExit(
-            f"--num-samples must be at least 2 (a Gaussian is fitted to the samples), got {args.num_samples}"
+        _fail(
+            "eval",
+            f"--num-samples must be at least 2 (a Gaussian is fitted to the samples), got {args.num_samples}",
+            2,
         )
-    if args.steps is not None and args.steps < 1:
-        raise SystemExit(f"--steps must be at least 1, got {args.steps}")
+    if args.batch_size < 1:
+        _fail("eval", f"--batch-size must be at least 1, got {args.batch_size}", 2)
     if args.metric == "inception":
         try:
             evaluate.inception_features(None)
         except RuntimeError as exc:
-            raise SystemExit(str(exc)) from None
+            _fail("eval", exc, 2)
+    if args.out is not None:
+        _check_out("eval", args.out, image=False)
+    pipe = _load("eval", args.model, args.revision)
+    steps = _steps("eval", pipe, args.sampler, args.steps)
     try:
+        evaluate.check_image_shape(pipe.image_shape, args.dataset)
         reference = evaluate.Reference.from_dataset(args.dataset)
     except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"--dataset: {exc}") from None
-    pipe = load_pipeline(args.model, revision=args.revision)
-    images = evaluate.generate(pipe, args.num_samples, args.sampler, args.steps, args.seed, args.batch_size)
+        _fail("eval", f"--dataset: {exc}", 2)
+    try:
+        images = evaluate.generate(pipe, args.num_samples, args.sampler, steps, args.seed, args.batch_size)
+    except NonFiniteSampleError as exc:
+        _fail("eval", f"{exc}; no score was computed")
     report = evaluate.evaluate_images(images, reference).to_dict()
-    report.update(model=str(args.model), sampler=args.sampler, steps=args.steps, seed=args.seed)
+    report.update(model=str(args.model), sampler=args.sampler, steps=steps, seed=args.seed)
     text = json.dumps(report, indent=2)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        try:
+            args.out.write_text(text + "\n")
+        except OSError as exc:
+            _fail("eval", f"could not write {args.out}: {exc}")
     print(text)
     return 0
 

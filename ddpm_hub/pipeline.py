@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,16 @@ StepCallback = Callable[
 ]
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+
+#: a sampling chain whose |x_t| exceeds ``1 + CHAIN_SIGMAS * init_noise_sigma`` (10 for DDPM) has diverged:
+#: x_t is sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) z with x_0 in [-1, 1], so a healthy chain stays within
+#: 1 + a few standard deviations of the noise (one N(0, 1) value beyond 9 has a chance of 2e-19); the seed's
+#: unclipped loop on a small model reaches 26
+CHAIN_SIGMAS = 9.0
+
+
+class NonFiniteSampleError(FloatingPointError):
+    """Sampling produced NaN or infinite values; the pipeline returns no images rather than black ones."""
 
 
 class DDPMHubPipeline(DiffusionPipeline):
@@ -78,6 +89,17 @@ class DDPMHubPipeline(DiffusionPipeline):
             return alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * model_output
         return (sample - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()
 
+    def resolve_steps(self, sampler: str | None = None, steps: Any = None) -> int:
+        """The number of steps ``pipe(sampler=sampler, num_inference_steps=steps)`` runs; ValueError (naming
+        the allowed range) for bad steps or an unknown sampler, before any work."""
+        if sampler is None and type(self.scheduler).__name__ == "DDPMHubScheduler":
+            sampler = "ddpm"
+        if sampler is not None:
+            from .plugins import get_sampler
+
+            get_sampler(sampler)  # an unknown name: ValueError listing the registered samplers
+        return self._resolve_steps(sampler, self.scheduler, steps)
+
     def _resolve_steps(self, sampler: str | None, scheduler, steps: Any) -> int:
         """The sampler's steps from its registry entry; for ``sampler=None`` the pipeline's own scheduler,
         checked as the ``ddpm`` sampler when it is a DDPM scheduler."""
@@ -114,16 +136,24 @@ class DDPMHubPipeline(DiffusionPipeline):
             num_inference_steps: reverse steps; default all T for DDPM, the sampler's default otherwise.
             output_type: ``pil`` (list of PIL images), ``np`` (B, H, W, C floats in [0, 1]) or ``pt``
                 (B, C, H, W floats in [0, 1]).
-            sampler: a registered sampler name (``ddpm``, ``ddim``, ``dpm-solver++``, ``sde-dpm-solver++``);
-                default: ``self.scheduler``.
+            sampler: a registered sampler name (``ddpm``, ``ddpm-seed``, ``ddim``, ``dpm-solver++``,
+                ``sde-dpm-solver++``); default: ``ddpm`` (x_0 clipped at each step) when ``self.scheduler`` is a
+                ``DDPMHubScheduler``, else ``self.scheduler`` as it is (as diffusers' ``DDPMPipeline`` does).
+                ``ddpm-seed`` is the seed's exact, unclipped loop.
             callback_on_step_end: called after every step as ``callback(pipe, i, t, tensors)`` with
                 ``tensors = {"sample": x_{t-1}, "pred_original_sample": predicted x_0}``; a returned dict
                 may replace ``"sample"``.
+
+        Raises:
+            NonFiniteSampleError: a generated value is NaN or infinite (never returned as an image). A chain
+                that leaves the range a healthy one stays in (see ``CHAIN_SIGMAS``) gives a ``RuntimeWarning``.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not supported; use one of {OUTPUT_TYPES}")
+        if sampler is None and type(self.scheduler).__name__ == "DDPMHubScheduler":
+            sampler = "ddpm"  # the default generation path clips x_0 (ddpm_hub.samplers explains why)
         scheduler = self.scheduler if sampler is None else self.make_sampler(sampler)
         num_inference_steps = self._resolve_steps(sampler, scheduler, num_inference_steps)
 
@@ -135,6 +165,7 @@ class DDPMHubPipeline(DiffusionPipeline):
         scheduler.set_timesteps(num_inference_steps, device=self.device)
 
         # Seed, "Reverse loop": for ts in range(0, T)[::-1]
+        peak = image.new_zeros(())  # the largest |x_t| of the chain, to warn when it diverges
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             model_output = self.unet(scheduler.scale_model_input(image, t), t)
             if i == 0:
@@ -151,7 +182,10 @@ class DDPMHubPipeline(DiffusionPipeline):
                 image = (result or {}).get("sample", out.prev_sample)
             else:
                 image = out.prev_sample
+            peak = torch.maximum(peak, image.abs().amax())
 
+        limit = 1.0 + CHAIN_SIGMAS * float(scheduler.init_noise_sigma)
+        check_chain(image, float(peak), limit, sampler or type(scheduler).__name__, num_inference_steps)
         # Seed, "Final Output": generated_image = torch.clamp(x, -1, 1), mapped to [0, 1]
         image = image.clamp(-1, 1) / 2 + 0.5
         if output_type == "pt":
@@ -164,6 +198,26 @@ class DDPMHubPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+
+def check_chain(image: torch.Tensor, peak: float, limit: float, sampler: str, steps: int) -> None:
+    """Raise ``NonFiniteSampleError`` when the final chain value ``image`` (B, C, H, W) has a NaN or inf; warn
+    when the chain's largest ``|x_t|`` (``peak``) went beyond ``limit``."""
+    finite = torch.isfinite(image).flatten(1).all(1)
+    if not bool(finite.all()):
+        raise NonFiniteSampleError(
+            f"sampling with {sampler} ({steps} steps) gave NaN or infinite values in {int((~finite).sum())} of "
+            f"{len(image)} images, so no images were returned; try the ddpm sampler (it clips x0) or another "
+            "number of steps, and check that the model's weights are finite"
+        )
+    if peak > limit:
+        warnings.warn(
+            f"the {sampler} sampling chain diverged: |x_t| reached {peak:.1f} (a healthy chain stays below "
+            f"{limit:g}), so the images are likely saturated (solid black or white). Use a sampler that "
+            "clips x0 (ddpm, ddim, dpm-solver++) or train the model longer",
+            RuntimeWarning,
+            stacklevel=4,  # the caller of pipe(...)
+        )
 
 
 def check_backbone_output(unet: Any, output: Any, sample: torch.Tensor) -> None:
@@ -223,7 +277,7 @@ def pipeline_requirements(unet: Any, scheduler: Any) -> dict[str, dict[str, Any]
     schedules = get_schedules()
     if (
         type(scheduler).__name__ == "DDPMHubScheduler"
-        and config.get("trained_betas") is None
+        and (config.get("trained_betas") is None or schedule != "linear")  # plugin schedules record betas
         and schedule in schedules
     ):
         entry = schedules[schedule]
@@ -273,14 +327,20 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
     """
     from .plugins import MissingPluginError, get_schedules
 
-    index = json.loads((folder / "model_index.json").read_text())
+    index = _read_json(folder / "model_index.json")
     requires = index.get("_ddpm_hub_requires") or {}
     for name in ("unet", "scheduler"):
         if name not in index:
             raise ValueError(
                 f"{folder / 'model_index.json'} has no {name!r} component; this is not a DDPM pipeline"
             )
-        library, class_name = index[name]
+        entry = index[name]
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(v, str) for v in entry)):
+            raise ValueError(
+                f"{folder / 'model_index.json'} is invalid: {name!r} must be [library, class name], such as "
+                f'["ddpm_hub", "UNet"], got {entry!r}'
+            )
+        library, class_name = entry
         what = f"this checkpoint's {name} ({library}.{class_name})"
         try:
             module = importlib.import_module(library)
@@ -309,13 +369,14 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
                 "(load it, then save_pretrained(..., safe_serialization=True))"
             )
         raise FileNotFoundError(f"incomplete pipeline folder {folder}: unet/ has no .safetensors weights")
+    _check_safetensors(folder)
     scheduler_config = folder / "scheduler" / "scheduler_config.json"
     if not scheduler_config.is_file():
         raise FileNotFoundError(
             f"incomplete pipeline folder {folder}: scheduler/scheduler_config.json is missing"
         )
     if index["scheduler"][1] == "DDPMHubScheduler":
-        config = json.loads(scheduler_config.read_text())
+        config = _read_json(scheduler_config)
         schedule = config.get("beta_schedule", "linear")
         if config.get("trained_betas") is None and schedule not in get_schedules():
             requirement = requires.get("scheduler", {})
@@ -332,6 +393,32 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
                 )
             raise MissingPluginError(message)
     return index
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; ValueError naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}): restore it, or save the pipeline again") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is invalid: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _check_safetensors(folder: Path) -> None:
+    """ValueError naming a truncated or corrupt ``.safetensors`` file of a pipeline folder (header check only)."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(folder.glob("*/*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except SafetensorError as exc:
+            raise ValueError(
+                f"{path} is corrupt (truncated or not a safetensors file: {exc}); save the pipeline again, or "
+                "for a Hub download delete the file so that it downloads again"
+            ) from exc
 
 
 def load_pipeline(
@@ -375,7 +462,17 @@ def load_pipeline(
                 f"{name!r} is neither an existing local folder nor a valid Hub repo id: give a pipeline folder, a "
                 "training run folder, or a Hub repo id such as NAMESPACE/NAME (letters, digits, '-', '_', '.')"
             )
-        folder = hub.download_pipeline(name, revision=revision, token=token, cache_dir=cache_dir)
+        try:
+            folder = hub.download_pipeline(name, revision=revision, token=token, cache_dir=cache_dir)
+        except hub.HubLoadError as exc:
+            if path.parent != Path(".") and path.parent.is_dir():  # most likely a mistyped local path
+                raise hub.HubLoadError(
+                    f"there is no folder {path} (its parent {path.parent} exists); read as a Hub repo id: {exc}",
+                    exc.reason,
+                    exc.repo_id,
+                    exc.revision,
+                ) from exc
+            raise
         try:
             check_pipeline_folder(folder)
         except FileNotFoundError as exc:
