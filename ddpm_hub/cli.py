@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from .datasets import BUILTIN_DATASET
+
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample an image grid from a pipeline folder, run folder or Hub repo")
@@ -63,7 +65,7 @@ def _check_out(command: str, path: Path, image: bool) -> None:
 
 def _load(command: str, model: str, revision: str | None):
     """``load_pipeline`` with its errors as one line (exit 1)."""
-    from .pipeline import load_pipeline
+    from .loading import load_pipeline
 
     try:
         return load_pipeline(model, revision=revision)
@@ -238,8 +240,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="a pipeline folder, a training run folder, or a Hub repo id (NS/NAME)")
     p.add_argument(
         "--dataset",
-        default="mnist5k",
-        help="reference images: mnist5k (the built-in held-out split), a .parquet file or an image folder",
+        default=BUILTIN_DATASET,
+        help=f"reference images: {BUILTIN_DATASET} (the built-in held-out split), a .parquet file or an image folder",
     )
     p.add_argument("--num-samples", type=int, default=1000, help="images to generate (compare at equal N)")
     p.add_argument(

@@ -36,10 +36,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import DataConfig
+from .datasets import BUILTIN_DATASETS
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_DATASETS = {"mnist5k": Path(__file__).parent / "datasets" / "mnist5k.parquet"}
 IMAGE_COLUMN_NAMES = ("image", "img")
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"}
 #: how many images ``channels: null`` looks at to decide between grayscale and RGB
@@ -62,6 +62,13 @@ def load_dataset(config: DataConfig):
         parquet = sorted(str(p) for p in path.rglob("*.parquet"))
         if parquet:
             return datasets.load_dataset("parquet", data_files=parquet, split="train")
+        from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+        if not any(p.suffix.lower() in ImageFolder.EXTENSIONS for p in path.rglob("*") if p.is_file()):
+            raise DataError(
+                f"no images found in {path} (read: .png, .jpg, .jpeg, .webp, .bmp, .gif, .tif and the other "
+                f"formats Pillow opens, in the folder and its subfolders; or *.parquet files)"
+            )
         try:
             return datasets.load_dataset("imagefolder", data_dir=str(path), split=config.split)
         except (ValueError, FileNotFoundError) as exc:  # no image files, or no such split
@@ -215,14 +222,34 @@ class ImageData:
             num_workers=num_workers,
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
+            collate_fn=_collate,
         )
-        yield from loader
+        for batch in loader:
+            if isinstance(
+                batch, _DecodeFailure
+            ):  # raised here, not in a worker: one line, no worker traceback
+                raise DataError(batch.message)
+            yield batch
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
     array = np.array(image, dtype=np.uint8)  # a writable copy
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))
+
+
+@dataclass
+class _DecodeFailure:
+    """What a DataLoader worker returns for an image it cannot decode (the main process raises it)."""
+
+    message: str
+
+
+def _collate(items: list) -> torch.Tensor | _DecodeFailure:
+    for item in items:
+        if isinstance(item, _DecodeFailure):
+            return item
+    return torch.stack(items)
 
 
 class _LazyImages(torch.utils.data.Dataset):
@@ -234,7 +261,13 @@ class _LazyImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.data.num_images
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | _DecodeFailure:
+        try:
+            return self._decode(index)
+        except DataError as exc:
+            return _DecodeFailure(str(exc))
+
+    def _decode(self, index: int) -> torch.Tensor:
         for offset in range(self.data.num_images):
             i = (index + offset) % self.data.num_images
             try:
@@ -288,6 +321,16 @@ def load_images(config: DataConfig, dataset=None) -> ImageData:
         first = first or image
         probe_modes.append(image.mode)
     channels = config.channels
+    color = [m for m in probe_modes if m not in GRAY_MODES and not (m == "P" and _palette_is_gray(first))]
+    if channels == 1 and color:
+        logger.warning(
+            "data.channels=1 on color data: %s holds color images (%d of the first %d), which are converted to "
+            "grayscale (Pillow's luma, L = 0.299 R + 0.587 G + 0.114 B) and trained as 1 channel, so the model "
+            "and its samples are grayscale; drop data.channels (auto) or set 3 to keep color",
+            source,
+            len(color),
+            len(probe_modes),
+        )
     if channels is None:
         gray = all(m in GRAY_MODES or (m == "P" and _palette_is_gray(first)) for m in probe_modes)
         channels = 1 if probe_modes and gray else 3
@@ -348,7 +391,7 @@ def _predecode(data: ImageData) -> None:
         keep += 1
     if keep == 0:
         raise DataError(f"none of the {data.num_images} images of {data.source} could be decoded")
-    if color_in_gray:
+    if color_in_gray and config.channels is None:  # channels=1 given: warned in load_images
         logger.warning(
             "%d color images were converted to grayscale: the first %d images of %s are grayscale, so the "
             "dataset is trained as 1 channel; set data.channels=3 to keep color",

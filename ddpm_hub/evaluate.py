@@ -42,13 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DATASETS_DIR = Path(__file__).parent / "datasets"
-MNIST5K = DATASETS_DIR / "mnist5k.parquet"
+from .datasets import BUILTIN_DATASET, BUILTIN_DATASETS, DATASETS_DIR
+
+MNIST5K = BUILTIN_DATASETS[BUILTIN_DATASET]
 CLASSIFIER_WEIGHTS = DATASETS_DIR / "mnist5k_classifier.safetensors"
 #: rows of MNIST-5k the classifier trains on, and the held-out reference rows
 CLASSIFIER_ROWS = range(0, 4000)
 REFERENCE_ROWS = range(4000, 5000)
-BUILTIN_DATASET = "mnist5k"
 
 
 class MnistClassifier(nn.Module):
@@ -326,6 +326,8 @@ class Reference:
         return cls(classifier_outputs(images, classifier)[0], str(dataset), len(images))
 
 
+#: reference features of the shipped classifier, by dataset; a custom classifier's are computed afresh,
+#: since features of one classifier mean nothing to another
 _REFERENCE_CACHE: dict[str, Reference] = {}
 
 
@@ -356,12 +358,15 @@ def evaluate_images(
     classifier: MnistClassifier | None = None,
 ) -> QualityReport:
     """Classifier Frechet distance, KID, confidence and entropy of ``images`` ((N, C, H, W) in [0, 1])."""
-    classifier = classifier or load_classifier()
     if not isinstance(reference, Reference):
-        key = str(reference)
-        if key not in _REFERENCE_CACHE or classifier is not None and key != BUILTIN_DATASET:
-            _REFERENCE_CACHE[key] = Reference.from_dataset(reference, classifier)
-        reference = _REFERENCE_CACHE[key]
+        if classifier is not None:  # a custom classifier: its own features of the reference
+            reference = Reference.from_dataset(reference, classifier)
+        else:
+            key = str(reference)
+            if key not in _REFERENCE_CACHE:
+                _REFERENCE_CACHE[key] = Reference.from_dataset(reference)
+            reference = _REFERENCE_CACHE[key]
+    classifier = classifier or load_classifier()
     if len(images) < 2:
         raise ValueError(f"need at least 2 images to fit a Gaussian to, got {len(images)}")
     feats, probs = classifier_outputs(images, classifier)

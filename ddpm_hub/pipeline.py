@@ -1,4 +1,4 @@
-"""DDPMHubPipeline and load_pipeline (seed: "3. IMAGE GENERATION (Reverse Process)").
+"""DDPMHubPipeline (seed: "3. IMAGE GENERATION (Reverse Process)"); ``ddpm_hub.loading`` loads it.
 
 The pipeline is a diffusers ``DiffusionPipeline`` with two components, ``unet`` (any registered
 backbone, or diffusers' ``UNet2DModel``) and ``scheduler`` (the training scheduler, or any diffusers
@@ -8,9 +8,6 @@ scheduler). It saves as a diffusers pipeline folder: ``model_index.json``, ``une
 
 from __future__ import annotations
 
-import importlib
-import json
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +16,10 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
+
+from .plugins import backbone_name_of, distribution_of, get_sampler, get_schedules
+from .samplers import make_sampler, resolve_steps
+from .scheduler import original_sample
 
 #: the type of ``callback_on_step_end``: (pipeline, step index, timestep, tensors) -> optional new tensors
 StepCallback = Callable[
@@ -72,22 +73,7 @@ class DDPMHubPipeline(DiffusionPipeline):
 
     def make_sampler(self, name: str):
         """The registered sampler ``name`` (``ddpm``, ``ddim``, ``dpm-solver++``, ...) with this model's betas."""
-        from .samplers import make_sampler
-
         return make_sampler(name, self.scheduler)
-
-    @staticmethod
-    def predict_original_sample(
-        scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor
-    ) -> torch.Tensor:
-        """x_0 implied by the model output at ``timestep`` (for schedulers whose step does not return it)."""
-        alpha_bar = torch.as_tensor(scheduler.alphas_cumprod)[int(timestep)].to(sample.device, sample.dtype)
-        prediction_type = scheduler.config.get("prediction_type", "epsilon")
-        if prediction_type == "sample":
-            return model_output
-        if prediction_type == "v_prediction":
-            return alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * model_output
-        return (sample - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()
 
     def resolve_steps(self, sampler: str | None = None, steps: Any = None) -> int:
         """The number of steps ``pipe(sampler=sampler, num_inference_steps=steps)`` runs; ValueError (naming
@@ -95,16 +81,12 @@ class DDPMHubPipeline(DiffusionPipeline):
         if sampler is None and type(self.scheduler).__name__ == "DDPMHubScheduler":
             sampler = "ddpm"
         if sampler is not None:
-            from .plugins import get_sampler
-
             get_sampler(sampler)  # an unknown name: ValueError listing the registered samplers
         return self._resolve_steps(sampler, self.scheduler, steps)
 
     def _resolve_steps(self, sampler: str | None, scheduler, steps: Any) -> int:
         """The sampler's steps from its registry entry; for ``sampler=None`` the pipeline's own scheduler,
         checked as the ``ddpm`` sampler when it is a DDPM scheduler."""
-        from .samplers import resolve_steps
-
         T = int(scheduler.config.num_train_timesteps)
         if sampler is not None:
             return resolve_steps(sampler, steps, T)
@@ -175,7 +157,7 @@ class DDPMHubPipeline(DiffusionPipeline):
             if callback_on_step_end is not None:
                 x0 = getattr(out, "pred_original_sample", None)
                 if x0 is None:
-                    x0 = self.predict_original_sample(scheduler, model_output, t, image)
+                    x0 = original_sample(scheduler, model_output, t, image)
                 result = callback_on_step_end(
                     self, i, int(t), {"sample": out.prev_sample, "pred_original_sample": x0}
                 )
@@ -238,19 +220,6 @@ def check_backbone_output(unet: Any, output: Any, sample: torch.Tensor) -> None:
         )
 
 
-def _pipeline_folder(path: Path) -> Path:
-    """The pipeline folder in ``path``: the folder itself, or a training run's ``pipeline/``."""
-    if (path / "model_index.json").is_file():
-        return path
-    if (path / "pipeline" / "model_index.json").is_file():
-        return path / "pipeline"
-    raise FileNotFoundError(
-        f"{path} is not a pipeline folder: it has no model_index.json (nor pipeline/model_index.json, as a "
-        "training run folder has). Point to the folder that `DDPMHubPipeline.save_pretrained` or "
-        "`ddpm-hub train` wrote"
-    )
-
-
 def pipeline_requirements(unet: Any, scheduler: Any) -> dict[str, dict[str, Any]]:
     """What ``_ddpm_hub_requires`` records: for ``unet`` and ``scheduler``, the providing distribution and version.
 
@@ -259,8 +228,6 @@ def pipeline_requirements(unet: Any, scheduler: Any) -> dict[str, dict[str, Any]
     whose betas come from a named schedule, the distribution of that schedule (``beta_schedule``); otherwise
     the distribution of the scheduler class.
     """
-    from .plugins import backbone_name_of, distribution_of, get_schedules
-
     requires: dict[str, dict[str, Any]] = {}
     cls = type(unet)
     entry = backbone_name_of(cls)
@@ -289,197 +256,3 @@ def pipeline_requirements(unet: Any, scheduler: Any) -> dict[str, dict[str, Any]
     elif (found := distribution_of(type(scheduler))) is not None:
         requires["scheduler"] = {"distribution": found[0], "version": found[1]}
     return requires
-
-
-def _missing_plugin_message(what: str, requirement: dict[str, Any], fallback: str) -> str:
-    """The sentence that says which distribution to install (or allow) for ``what``."""
-    import importlib.metadata
-
-    from .plugins import _normalize, allowed_plugins
-
-    dist = requirement.get("distribution") or fallback
-    version = requirement.get("version")
-    saved = f" (saved with version {version})" if version else ""
-    try:
-        importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        pin = f"=={version}" if version else ""
-        return f"{what} is provided by the distribution {dist!r}{saved}, which is not installed: pip install {dist}{pin}"
-    allowed = allowed_plugins()
-    if allowed is not None and _normalize(dist) not in allowed:
-        return (
-            f"{what} is provided by the distribution {dist!r}{saved}, which is installed but not loaded because "
-            f"DDPM_HUB_LOAD_PLUGINS={os.environ['DDPM_HUB_LOAD_PLUGINS']!r} leaves it out: add {dist} to it"
-        )
-    return (
-        f"{what} is provided by the distribution {dist!r}{saved}, which is installed but does not provide it; "
-        f"upgrade it: pip install -U {dist}"
-    )
-
-
-def check_pipeline_folder(folder: Path) -> dict[str, Any]:
-    """Check that a pipeline folder is complete and loadable safely; return its model_index.json.
-
-    Raises a clear error when a component folder or its safetensors weights are missing, when the weights
-    exist only as pickle files (never loaded), or when a component's library or the scheduler's
-    ``beta_schedule`` (a plugin) is not installed or not loaded (``MissingPluginError``, naming the
-    distribution recorded in ``_ddpm_hub_requires``).
-    """
-    from .plugins import MissingPluginError, get_schedules
-
-    index = _read_json(folder / "model_index.json")
-    requires = index.get("_ddpm_hub_requires") or {}
-    for name in ("unet", "scheduler"):
-        if name not in index:
-            raise ValueError(
-                f"{folder / 'model_index.json'} has no {name!r} component; this is not a DDPM pipeline"
-            )
-        entry = index[name]
-        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(v, str) for v in entry)):
-            raise ValueError(
-                f"{folder / 'model_index.json'} is invalid: {name!r} must be [library, class name], such as "
-                f'["ddpm_hub", "UNet"], got {entry!r}'
-            )
-        library, class_name = entry
-        what = f"this checkpoint's {name} ({library}.{class_name})"
-        try:
-            module = importlib.import_module(library)
-        except ImportError as exc:
-            message = _missing_plugin_message(
-                what, requires.get(name, {}), library.split(".")[0].replace("_", "-")
-            )
-            raise MissingPluginError(message, name=library) from exc
-        if not hasattr(module, class_name):
-            raise MissingPluginError(
-                f"this checkpoint's {name} is {library}.{class_name}, but the installed {library} has no "
-                f"{class_name}; upgrade it"
-            )
-        component = folder / name
-        if not component.is_dir():
-            raise FileNotFoundError(f"incomplete pipeline folder {folder}: the {name}/ folder is missing")
-    unet = folder / "unet"
-    if not (unet / "config.json").is_file():
-        raise FileNotFoundError(f"incomplete pipeline folder {folder}: unet/config.json is missing")
-    if not list(unet.glob("*.safetensors")):
-        pickles = [p.name for p in unet.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
-        if pickles:
-            raise ValueError(
-                f"{unet} holds weights only as pickle files ({', '.join(pickles)}); ddpm-hub loads safetensors only, "
-                "since unpickling a downloaded file can run arbitrary code. Convert them where you trust the file "
-                "(load it, then save_pretrained(..., safe_serialization=True))"
-            )
-        raise FileNotFoundError(f"incomplete pipeline folder {folder}: unet/ has no .safetensors weights")
-    _check_safetensors(folder)
-    scheduler_config = folder / "scheduler" / "scheduler_config.json"
-    if not scheduler_config.is_file():
-        raise FileNotFoundError(
-            f"incomplete pipeline folder {folder}: scheduler/scheduler_config.json is missing"
-        )
-    if index["scheduler"][1] == "DDPMHubScheduler":
-        config = _read_json(scheduler_config)
-        schedule = config.get("beta_schedule", "linear")
-        if config.get("trained_betas") is None and schedule not in get_schedules():
-            requirement = requires.get("scheduler", {})
-            if requirement.get("beta_schedule") not in (None, schedule):
-                requirement = {}
-            fallback = "the plugin that registers it (see `ddpm-hub plugins --all`)"
-            if requirement:
-                message = _missing_plugin_message(
-                    f"this checkpoint's beta_schedule {schedule!r}", requirement, ""
-                )
-            else:
-                message = (
-                    f"this checkpoint's beta_schedule {schedule!r} is not registered; install {fallback}"
-                )
-            raise MissingPluginError(message)
-    return index
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; ValueError naming the file when it is not one."""
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}): restore it, or save the pipeline again") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} is invalid: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _check_safetensors(folder: Path) -> None:
-    """ValueError naming a truncated or corrupt ``.safetensors`` file of a pipeline folder (header check only)."""
-    from safetensors import SafetensorError, safe_open
-
-    for path in sorted(folder.glob("*/*.safetensors")):
-        try:
-            with safe_open(path, framework="pt"):
-                pass
-        except SafetensorError as exc:
-            raise ValueError(
-                f"{path} is corrupt (truncated or not a safetensors file: {exc}); save the pipeline again, or "
-                "for a Hub download delete the file so that it downloads again"
-            ) from exc
-
-
-def load_pipeline(
-    repo_id_or_path: str | Path,
-    revision: str | None = None,
-    token: str | bool | None = None,
-    cache_dir: str | Path | None = None,
-    **kwargs: Any,
-) -> DDPMHubPipeline:
-    """Load a pipeline from a local folder (a pipeline folder or a training run folder) or a Hub repo.
-
-    A local folder wins; otherwise ``repo_id_or_path`` is a Hub repo id (``NAMESPACE/NAME``), downloaded
-    into the Hugging Face cache, safetensors/json/md/png files only (``revision``: a branch, tag or commit
-    sha; ``token``: for private repos, default the logged-in token). With ``HF_HUB_OFFLINE=1`` it loads
-    from the cache. A repo that holds only pickle weights is refused before anything is downloaded.
-    Loads ddpm-hub checkpoints and stock diffusers DDPM checkpoints (``UNet2DModel`` + ``DDPMScheduler``)
-    alike. ``kwargs`` go to ``DiffusionPipeline.from_pretrained`` (``torch_dtype`` ...).
-
-    Raises:
-        FileNotFoundError: a local path that does not exist, or a folder that is not a pipeline folder.
-        ValueError: a string that is neither an existing folder nor a valid Hub repo id.
-        ddpm_hub.hub.HubLoadError: the Hub repo could not be loaded; ``.reason`` is one of
-            ``repo_not_found``, ``revision_not_found``, ``authentication``, ``offline_not_cached``,
-            ``pickle_only``, ``incomplete``, ``http``.
-    """
-    from .plugins import load_plugins
-
-    load_plugins()
-    path = Path(repo_id_or_path).expanduser()
-    if path.is_dir():
-        folder = _pipeline_folder(path)
-        check_pipeline_folder(folder)
-    else:
-        from . import hub
-
-        name = str(repo_id_or_path)
-        if isinstance(repo_id_or_path, Path) or name.startswith((".", "/", "~", "\\")) or path.exists():
-            raise FileNotFoundError(f"no pipeline folder at {path}")
-        if not hub.is_repo_id(name):
-            raise ValueError(
-                f"{name!r} is neither an existing local folder nor a valid Hub repo id: give a pipeline folder, a "
-                "training run folder, or a Hub repo id such as NAMESPACE/NAME (letters, digits, '-', '_', '.')"
-            )
-        try:
-            folder = hub.download_pipeline(name, revision=revision, token=token, cache_dir=cache_dir)
-        except hub.HubLoadError as exc:
-            if path.parent != Path(".") and path.parent.is_dir():  # most likely a mistyped local path
-                raise hub.HubLoadError(
-                    f"there is no folder {path} (its parent {path.parent} exists); read as a Hub repo id: {exc}",
-                    exc.reason,
-                    exc.repo_id,
-                    exc.revision,
-                ) from exc
-            raise
-        try:
-            check_pipeline_folder(folder)
-        except FileNotFoundError as exc:
-            raise hub.HubLoadError(
-                f"Hub repo {name}{f' (revision {revision})' if revision else ''} is not a complete pipeline: {exc}",
-                "incomplete",
-                name,
-                revision,
-            ) from exc
-    return DDPMHubPipeline.from_pretrained(folder, use_safetensors=True, **kwargs)
