@@ -24,6 +24,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int, default=None, help="reverse steps (default: the sampler's)")
     p.add_argument("--seed", type=int, default=0)
+    _add_conditioning(p)
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
     p.add_argument("--out", type=Path, default=Path("grid.png"))
     p.set_defaults(func=cmd_sample)
@@ -82,6 +83,38 @@ def _steps(command: str, pipe, sampler: str | None, steps: int | None) -> int:
         _fail(command, f"{option}: {exc}", 2)
 
 
+def _add_conditioning(p: argparse.ArgumentParser) -> None:
+    from .conditioning import DEFAULT_GUIDANCE_SCALE
+
+    p.add_argument(
+        "--class",
+        dest="classes",
+        nargs="+",
+        default=None,
+        metavar="CLASS",
+        help="class-conditional models: the class (name or id) of every image, or several, cycled over the images",
+    )
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help=f"classifier-free guidance weight (1: none; default {DEFAULT_GUIDANCE_SCALE})",
+    )
+
+
+def _class_labels(pipe, classes: list[str] | None, num_images: int) -> list[int] | None:
+    """``--class`` values (names, else ids) as one class id per image, cycled; SystemExit when unusable."""
+    if classes is None:
+        return None
+    names = pipe.class_names or []
+    wanted = [c if c in names or not c.lstrip("-").isdigit() else int(c) for c in classes]
+    try:
+        ids = pipe.get_label_ids(wanted)
+    except ValueError as exc:
+        raise SystemExit(f"--class: {exc}") from None
+    return [ids[i % len(ids)] for i in range(num_images)]
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -93,6 +126,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _check_out("sample", args.out, image=True)
     pipe = _load("sample", args.model, args.revision)
     steps = _steps("sample", pipe, args.sampler, args.steps)
+    labels = _class_labels(pipe, args.classes, args.num_images)
     try:
         images = pipe(
             batch_size=args.num_images,
@@ -100,9 +134,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
             num_inference_steps=steps,
             sampler=args.sampler,
             output_type="pt",
+            class_labels=labels,
+            guidance_scale=args.guidance_scale,
         ).images
     except NonFiniteSampleError as exc:
         _fail("sample", f"{exc}; nothing was written to {args.out}")
+    except ValueError as exc:
+        _fail("sample", exc)
     try:
         make_grid(images).save(args.out)
     except OSError as exc:
@@ -259,6 +297,18 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="mnist: offline classifier Frechet distance/KID (MNIST-like data); inception: FID/KID "
         "(not bundled: exits with how to get it)",
     )
+    p.add_argument(
+        "--class-accuracy",
+        action="store_true",
+        help="class-conditional MNIST models: generate every class equally often and report the share of images "
+        "the shipped classifier assigns to the class asked for",
+    )
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance weight for --class-accuracy (1: none; default: the pipeline's)",
+    )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
     p.set_defaults(func=cmd_eval)
@@ -292,11 +342,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
         reference = evaluate.Reference.from_dataset(args.dataset)
     except (FileNotFoundError, ValueError) as exc:
         _fail("eval", f"--dataset: {exc}", 2)
+    labels = None
+    if args.class_accuracy:
+        if pipe.num_classes is None:
+            _fail(
+                "eval",
+                f"--class-accuracy needs a class-conditional model; {args.model} is unconditional (its unet has "
+                "no num_class_embeds)",
+                2,
+            )
+        try:
+            evaluate.digit_of_each_class(pipe.class_names)
+        except ValueError as exc:
+            _fail("eval", f"--class-accuracy: {exc}", 2)
+        labels = evaluate.balanced_labels(pipe.num_classes, args.num_samples)
+    elif args.guidance_scale is not None:
+        _fail("eval", "--guidance-scale applies to --class-accuracy (class-conditional sampling) only", 2)
     try:
-        images = evaluate.generate(pipe, args.num_samples, args.sampler, steps, args.seed, args.batch_size)
+        images = evaluate.generate(
+            pipe,
+            args.num_samples,
+            args.sampler,
+            steps,
+            args.seed,
+            args.batch_size,
+            class_labels=labels,
+            guidance_scale=args.guidance_scale,
+        )
     except NonFiniteSampleError as exc:
         _fail("eval", f"{exc}; no score was computed")
     report = evaluate.evaluate_images(images, reference).to_dict()
+    if labels is not None:
+        from .conditioning import DEFAULT_GUIDANCE_SCALE
+
+        report.update(evaluate.class_accuracy(images, labels, pipe.class_names))
+        report["guidance_scale"] = (
+            DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
+        )
     report.update(model=str(args.model), sampler=args.sampler, steps=steps, seed=args.seed)
     text = json.dumps(report, indent=2)
     if args.out is not None:

@@ -87,6 +87,9 @@ class DataConfig:
     split: str = "train"
     #: the image column; default: the only Image column, else ``image`` or ``img``
     image_column: str | None = None
+    #: class labels for a class-conditional model: a column name, or auto (label, labels or class; an image
+    #: folder's class subfolders); null: unconditional
+    label_column: str | None = None
     #: square training size; null: the size of the first image (after center crop)
     image_size: int | None = 28
     #: 1 (grayscale), 3 (RGB) or null (auto: 3 if any of the first images has color)
@@ -167,6 +170,8 @@ class TrainConfig:
     #: clip the global gradient norm to this; null: no clipping
     max_grad_norm: float | None = 1.0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    #: class-conditional runs: the share of labels replaced by the null class, for classifier-free guidance
+    p_uncond: float = 0.1
     #: min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5.0; null: plain MSE, the seed's loss
     snr_gamma: float | None = None
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -223,6 +228,10 @@ class TrainConfig:
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ConfigError(
                 f"max_grad_norm must be positive or null (no clipping), got {self.max_grad_norm}"
+            )
+        if not 0 <= self.p_uncond < 1:
+            raise ConfigError(
+                f"p_uncond must be in [0, 1) (0.1 is usual; 0 trains no null class, so no guidance), got {self.p_uncond}"
             )
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ConfigError(f"snr_gamma must be positive or null (plain MSE), got {self.snr_gamma}")

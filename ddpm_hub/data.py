@@ -15,6 +15,12 @@ dropped, 16-bit and float grayscale are rescaled to 8 bits. Each image is resize
 Random horizontal flips are applied per batch in the training loop (:func:`random_flip`), so they come from
 the (checkpointed) torch RNG.
 
+Class labels (class-conditional training, ``data.label_column``): ``auto`` takes the column ``label``,
+``labels`` or ``class`` (an image folder with one subfolder per class gets a ``label`` column from
+``datasets``' imagefolder builder, named after the subfolders); or name the column. The number of classes and
+their names come from the column's ``ClassLabel`` feature when it has one, else from the values (integers
+0..max, named "0", "1", ...). ``null`` (the default) trains an unconditional model.
+
 A dataset whose decoded pixels fit in ``predecode_max_mb`` is decoded once into one uint8 tensor
 (N, C, H, W): a batch is then an index into it, and loading is never the bottleneck. Larger datasets are
 decoded on the fly by DataLoader workers.
@@ -41,6 +47,8 @@ from .datasets import BUILTIN_DATASETS
 logger = logging.getLogger(__name__)
 
 IMAGE_COLUMN_NAMES = ("image", "img")
+#: the columns ``label_column: auto`` looks for, in this order
+LABEL_COLUMN_NAMES = ("label", "labels", "class")
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"}
 #: how many images ``channels: null`` looks at to decide between grayscale and RGB
 CHANNEL_PROBE = 64
@@ -122,6 +130,65 @@ def find_image_column(dataset, column: str | None) -> str:
     )
 
 
+def find_label_column(dataset, column: str) -> str:
+    """The label column: ``column``, or for ``auto`` the first of ``label``, ``labels``, ``class``."""
+    features = dataset.features
+    if column != "auto":
+        if column not in features:
+            raise DataError(
+                f"the dataset has no label column {column!r}; its columns are {list(features)}. Set "
+                "data.label_column to one of them, to auto, or to null for an unconditional model"
+            )
+        return column
+    for name in LABEL_COLUMN_NAMES:
+        if name in features:
+            return name
+    raise DataError(
+        f"data.label_column is auto but the dataset has none of the columns {list(LABEL_COLUMN_NAMES)}; its "
+        f"columns are {list(features)}. Name the label column with data.label_column, or set it to null to "
+        "train an unconditional model (an image folder gets labels from one subfolder per class)"
+    )
+
+
+def read_labels(dataset, column: str, source: str) -> tuple[torch.Tensor, list[str]]:
+    """(labels (N,) int64, class names) of ``column``: names from its ClassLabel feature, else "0".."max"."""
+    import datasets
+
+    feature = dataset.features[column]
+    values = list(dataset[column])
+    bad = next(
+        (
+            (i, v)
+            for i, v in enumerate(values)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0
+        ),
+        None,
+    )
+    if bad is not None:
+        i, v = bad
+        raise DataError(
+            f"the label column {column!r} of {source} must hold non-negative integer class ids; row {i} holds "
+            f"{v!r} ({feature}). Encode string labels as class ids first (datasets: "
+            f"dataset.class_encode_column({column!r})), or set data.label_column to another column"
+        )
+    labels = torch.tensor(values, dtype=torch.long)
+    if isinstance(feature, datasets.ClassLabel):
+        names = [str(n) for n in feature.names]
+        if len(labels) and int(labels.max()) >= len(names):
+            raise DataError(
+                f"the label column {column!r} of {source} holds class id {int(labels.max())} but its ClassLabel "
+                f"has only {len(names)} names"
+            )
+    else:
+        names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
+    if len(names) < 2:
+        raise DataError(
+            f"the label column {column!r} of {source} has {len(names)} class(es); class-conditional training "
+            "needs at least 2 (set data.label_column: null for an unconditional model)"
+        )
+    return labels, names
+
+
 def to_mode(image: Image.Image, channels: int, background: int = 255) -> Image.Image:
     """Convert any PIL image to "L" (channels=1) or "RGB" (channels=3), deliberately.
 
@@ -197,6 +264,9 @@ class ImageData:
     column: str | None = None
     config: DataConfig | None = None
     skipped: int = 0
+    #: class-conditional data: (N,) int64 class ids and the class names (index = id); else None
+    labels: torch.Tensor | None = None
+    class_names: list[str] | None = None
 
     def decode(self, index: int) -> torch.Tensor:
         """Image ``index`` as a (C, H, W) uint8 tensor (on-the-fly path)."""
@@ -210,11 +280,13 @@ class ImageData:
             )
         )
 
-    def batches(self, sampler: ShardedBatchSampler, num_workers: int = 0) -> Iterator[torch.Tensor]:
-        """(B, C, H, W) uint8 batches in the order ``sampler`` gives (which knows the data position)."""
+    def batches(self, sampler: ShardedBatchSampler, num_workers: int = 0) -> Iterator[Any]:
+        """(B, C, H, W) uint8 batches in the order ``sampler`` gives (which knows the data position); with
+        labels, (images, (B,) int64 labels) pairs."""
         if self.images is not None:
             for indices in sampler:
-                yield self.images[torch.as_tensor(indices)]
+                index = torch.as_tensor(indices)
+                yield self.images[index] if self.labels is None else (self.images[index], self.labels[index])
             return
         loader = torch.utils.data.DataLoader(
             _LazyImages(self),
@@ -245,10 +317,12 @@ class _DecodeFailure:
     message: str
 
 
-def _collate(items: list) -> torch.Tensor | _DecodeFailure:
+def _collate(items: list) -> Any:
     for item in items:
         if isinstance(item, _DecodeFailure):
             return item
+    if isinstance(items[0], tuple):  # labelled data: (images, labels)
+        return torch.stack([image for image, _ in items]), torch.stack([label for _, label in items])
     return torch.stack(items)
 
 
@@ -261,17 +335,19 @@ class _LazyImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.data.num_images
 
-    def __getitem__(self, index: int) -> torch.Tensor | _DecodeFailure:
+    def __getitem__(self, index: int) -> Any:
         try:
             return self._decode(index)
         except DataError as exc:
             return _DecodeFailure(str(exc))
 
-    def _decode(self, index: int) -> torch.Tensor:
+    def _decode(self, index: int) -> Any:
+        """The image (C, H, W), or (image, label) for labelled data."""
         for offset in range(self.data.num_images):
             i = (index + offset) % self.data.num_images
             try:
-                return self.data.decode(i)
+                image = self.data.decode(i)
+                return image if self.data.labels is None else (image, self.data.labels[i])
             except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
                 where = _describe(self.data.dataset[i][self.data.column], i, self.data.source)
                 if self.data.config.on_corrupt == "error":
@@ -304,9 +380,13 @@ def load_images(config: DataConfig, dataset=None) -> ImageData:
     if not isinstance(dataset, datasets.Dataset):
         raise DataError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
     column = find_image_column(dataset, config.image_column)
-    dataset = dataset.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+    label_column = None if config.label_column is None else find_label_column(dataset, config.label_column)
     if config.max_samples is not None and len(dataset) > config.max_samples:
         dataset = dataset.select(range(config.max_samples))
+    labels = class_names = None
+    if label_column is not None and len(dataset):
+        labels, class_names = read_labels(dataset, label_column, source)
+    dataset = dataset.select_columns([column]).cast_column(column, datasets.Image(decode=False))
     if len(dataset) == 0:
         raise DataError(f"{source} is empty (split {config.split!r} has no rows); nothing to train on")
 
@@ -349,6 +429,8 @@ def load_images(config: DataConfig, dataset=None) -> ImageData:
         dataset=dataset,
         column=column,
         config=config,
+        labels=labels,
+        class_names=class_names,
     )
     bytes_needed = len(dataset) * channels * size * size
     if bytes_needed <= config.predecode_max_mb * 2**20:
@@ -370,6 +452,7 @@ def _predecode(data: ImageData) -> None:
         (data.num_images, data.channels, data.image_size, data.image_size), dtype=torch.uint8
     )
     keep = 0
+    kept: list[int] = []
     color_in_gray = 0
     rows = (row for chunk in dataset.iter(batch_size=1000) for row in chunk[column])
     for i, row in enumerate(rows):
@@ -388,6 +471,7 @@ def _predecode(data: ImageData) -> None:
             data.skipped += 1
             continue
         images[keep] = _to_tensor(image)
+        kept.append(i)
         keep += 1
     if keep == 0:
         raise DataError(f"none of the {data.num_images} images of {data.source} could be decoded")
@@ -400,6 +484,8 @@ def _predecode(data: ImageData) -> None:
             data.source,
         )
     data.images = images[:keep].clone() if keep < data.num_images else images
+    if data.labels is not None and keep < data.num_images:
+        data.labels = data.labels[torch.tensor(kept)]
     data.num_images = keep
 
 

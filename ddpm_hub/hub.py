@@ -253,18 +253,37 @@ def write_model_card(
     )
     reqs = _requirements(index, info)
     objective = _objective(scheduler)
+    num_classes = unet_config.get("num_class_embeds")
+    class_names = (index.get("class_names") or [str(i) for i in range(num_classes)]) if num_classes else None
 
     def steps(sampler: str) -> int:
         """The registry's default steps of ``sampler`` for this model's T."""
         return resolve_steps(sampler, None, T)
 
     lines = [f"# {repo}", ""]
+    kind = "A class-conditional" if class_names else "An unconditional"
     lines += [
-        f"An unconditional DDPM image generator ({channels}-channel, {size}x{size} pixels) made with "
+        f"{kind} DDPM image generator ({channels}-channel, {size}x{size} pixels) made with "
         "[ddpm-hub](https://github.com/ddpm-hub/ddpm-hub): denoising diffusion probabilistic models "
         "(Ho et al. 2020) on the Hugging Face stack.",
         "",
     ]
+    if class_names:
+        from .conditioning import DEFAULT_GUIDANCE_SCALE
+
+        lines += [
+            f"Classes ({len(class_names)}, id: name): "
+            + ", ".join(f"{i}: `{name}`" for i, name in enumerate(class_names))
+            + ". Ask for one with `class_labels` (an id, a name, or a list of either); classifier-free "
+            f"guidance (`guidance_scale`, default {DEFAULT_GUIDANCE_SCALE}; 1 is none) sharpens the class"
+            + (
+                f" (trained with label dropout p_uncond={info['p_uncond']})"
+                if info.get("p_uncond") is not None
+                else ""
+            )
+            + ".",
+            "",
+        ]
     if "samples.png" in images:
         lines += ["![Samples from this model](samples.png)", ""]
     lines += [
@@ -284,9 +303,18 @@ def write_model_card(
         f'pipe = load_pipeline("{repo}")',
         "images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0)).images  # PIL images",
         f'# fewer steps: pipe(batch_size=16, sampler="ddim", num_inference_steps={steps("ddim")})',
+        *(
+            [
+                f"images = pipe(batch_size=16, class_labels={class_names[-1]!r}, guidance_scale={DEFAULT_GUIDANCE_SCALE}).images"
+            ]
+            if class_names
+            else []
+        ),
         "```",
         "",
-        f"or from the shell: `ddpm-hub sample {repo} --num-images 16 --out grid.png`.",
+        f"or from the shell: `ddpm-hub sample {repo} --num-images 16 --out grid.png"
+        + (f" --class {class_names[-1]}" if class_names else "")
+        + "`.",
         "",
         "The repo is a diffusers pipeline folder (`model_index.json`, `unet/`, `scheduler/`, safetensors "
         "weights); `load_pipeline` downloads only safetensors, json, md and png files.",

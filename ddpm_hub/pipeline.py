@@ -8,6 +8,7 @@ scheduler). It saves as a diffusers pipeline folder: ``model_index.json``, ``une
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .conditioning import DEFAULT_GUIDANCE_SCALE, guide, label_ids, num_classes_of
 from .plugins import backbone_name_of, distribution_of, get_sampler, get_schedules
 from .samplers import make_sampler, resolve_steps
 from .scheduler import original_sample
@@ -40,18 +42,54 @@ class NonFiniteSampleError(FloatingPointError):
 
 
 class DDPMHubPipeline(DiffusionPipeline):
-    """Unconditional image generation by the seed's reverse loop.
+    """Image generation by the seed's reverse loop; class-conditional with classifier-free guidance when the
+    backbone was trained on labels (``unet.config.num_class_embeds``).
 
     Args:
         unet: the noise-predicting backbone (``config.sample_size``, ``config.in_channels``).
         scheduler: the scheduler it was trained with; ``sampler=`` in ``__call__`` picks another one.
+        class_names: the name of each class of a class-conditional ``unet`` (saved in model_index.json, as
+            DiTPipeline saves ``id2label``); default ``"0"``, ``"1"``, ...
     """
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, scheduler):
+    def __init__(self, unet, scheduler, class_names: list[str] | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        n = num_classes_of(unet)
+        if class_names is not None:
+            if n is None:
+                raise ValueError(
+                    "class_names were given, but the unet is unconditional (no num_class_embeds)"
+                )
+            if len(class_names) != n:
+                raise ValueError(f"{len(class_names)} class_names for a unet with {n} classes")
+            # only for conditional models, so that an unconditional model_index.json stays as it was
+            self.register_to_config(class_names=[str(c) for c in class_names])
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes of a class-conditional model; None for an unconditional one."""
+        return num_classes_of(self.unet)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The class names (index = class id) of a class-conditional model; None for an unconditional one."""
+        n = self.num_classes
+        if n is None:
+            return None
+        names = self.config.get("class_names")
+        return list(names) if names else [str(i) for i in range(n)]
+
+    def get_label_ids(self, label: int | str | list[int | str]) -> list[int]:
+        """Class ids for class names or ids (diffusers' DiTPipeline has the same method for names)."""
+        if self.num_classes is None:
+            raise ValueError(
+                "this model is unconditional (its unet has no num_class_embeds), so it takes no class_labels; "
+                "load a class-conditional model, or leave class_labels out"
+            )
+        return label_ids(label, self.class_names, self.num_classes)
 
     def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
         """``DiffusionPipeline.save_pretrained``, recording in model_index.json what the pipeline needs.
@@ -108,11 +146,14 @@ class DDPMHubPipeline(DiffusionPipeline):
         return_dict: bool = True,
         sampler: str | None = None,
         callback_on_step_end: StepCallback | None = None,
+        class_labels: int | str | list[int | str] | None = None,
+        guidance_scale: float | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate ``batch_size`` images from pure noise.
 
         Args:
-            batch_size: number of images.
+            batch_size: number of images; with a list of ``class_labels``, one image per label (then
+                ``batch_size`` may be left at 1 or must equal the list's length).
             generator: a ``torch.Generator`` (or one per image) for reproducible images. With the same
                 generator seed, unet and scheduler this gives the same images as diffusers' ``DDPMPipeline``.
             num_inference_steps: reverse steps; default all T for DDPM, the sampler's default otherwise.
@@ -125,6 +166,10 @@ class DDPMHubPipeline(DiffusionPipeline):
             callback_on_step_end: called after every step as ``callback(pipe, i, t, tensors)`` with
                 ``tensors = {"sample": x_{t-1}, "pred_original_sample": predicted x_0}``; a returned dict
                 may replace ``"sample"``.
+            class_labels: class-conditional models only: a class id or name for every image, or a list of ids
+                or names (one per image), as in diffusers' DiTPipeline; None: the null class (any class).
+            guidance_scale: classifier-free guidance weight s, ``uncond + s * (cond - uncond)``; 1 is the plain
+                conditional model; default ``ddpm_hub.conditioning.DEFAULT_GUIDANCE_SCALE``.
 
         Raises:
             NonFiniteSampleError: a generated value is NaN or infinite (never returned as an image). A chain
@@ -134,6 +179,33 @@ class DDPMHubPipeline(DiffusionPipeline):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not supported; use one of {OUTPUT_TYPES}")
+        labels = None
+        if class_labels is not None:
+            ids = self.get_label_ids(class_labels)
+            if isinstance(class_labels, (int, str)):
+                ids = ids * batch_size
+            elif batch_size not in (1, len(ids)):
+                raise ValueError(
+                    f"{len(ids)} class_labels for batch_size={batch_size}; give one label per image"
+                )
+            batch_size = len(ids)
+            labels = torch.tensor(ids, device=self.device)
+        if guidance_scale is None:
+            guidance_scale = DEFAULT_GUIDANCE_SCALE
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+            raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}")
+        if not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(
+                f"guidance_scale must be a finite number >= 0 (1: no guidance), got {guidance_scale}"
+            )
+        # Guidance needs the null-class output beside the conditional one: both in one batched forward.
+        guided = labels is not None and guidance_scale != 1
+        if guided:
+            null = torch.full_like(labels, self.num_classes)
+            forward_labels = torch.cat([labels, null])
+        else:
+            forward_labels = labels
+        unet_kwargs = {} if forward_labels is None else {"class_labels": forward_labels}
         if sampler is None and type(self.scheduler).__name__ == "DDPMHubScheduler":
             sampler = "ddpm"  # the default generation path clips x_0 (ddpm_hub.samplers explains why)
         scheduler = self.scheduler if sampler is None else self.make_sampler(sampler)
@@ -149,10 +221,15 @@ class DDPMHubPipeline(DiffusionPipeline):
         # Seed, "Reverse loop": for ts in range(0, T)[::-1]
         peak = image.new_zeros(())  # the largest |x_t| of the chain, to warn when it diverges
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
-            model_output = self.unet(scheduler.scale_model_input(image, t), t)
+            model_input = scheduler.scale_model_input(image, t)
+            if guided:
+                model_input = torch.cat([model_input, model_input])
+            model_output = self.unet(model_input, t, **unet_kwargs)
             if i == 0:
-                check_backbone_output(self.unet, model_output, image)
+                check_backbone_output(self.unet, model_output, model_input)
             model_output = model_output.sample
+            if guided:
+                model_output = guide(model_output, guidance_scale)
             out = scheduler.step(model_output, t, image, generator=generator)
             if callback_on_step_end is not None:
                 x0 = getattr(out, "pred_original_sample", None)

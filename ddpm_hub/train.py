@@ -328,8 +328,12 @@ def _check_kwargs(what: str, cls: type, kwargs: dict[str, Any]) -> None:
         )
 
 
-def build_model(config: TrainConfig, channels: int, image_size: int) -> torch.nn.Module:
-    """The backbone ``config.backbone`` from the registry, sized to the data unless the config says otherwise."""
+def build_model(
+    config: TrainConfig, channels: int, image_size: int, num_classes: int | None = None
+) -> torch.nn.Module:
+    """The backbone ``config.backbone`` from the registry, sized to the data unless the config says otherwise;
+    class-conditional with ``num_classes`` classes when given (labelled data)."""
+    from .conditioning import check_backbone_supports
     from .plugins import get_backbone
 
     try:
@@ -338,6 +342,21 @@ def build_model(config: TrainConfig, channels: int, image_size: int) -> torch.nn
         raise ConfigError(f"bad value for backbone: {exc}") from exc
     kwargs = dict(config.model)
     _check_kwargs("model", cls, kwargs)
+    if num_classes is not None:
+        try:
+            check_backbone_supports(cls, config.backbone)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if kwargs.setdefault("num_class_embeds", num_classes) != num_classes:
+            raise ConfigError(
+                f"model.num_class_embeds={kwargs['num_class_embeds']} does not match the {num_classes} classes of "
+                "the data; drop model.num_class_embeds to take it from the data"
+            )
+    elif kwargs.get("num_class_embeds") is not None:
+        raise ConfigError(
+            "model.num_class_embeds is set but data.label_column is null, so there are no labels to train on; set "
+            "data.label_column (auto, or the column's name)"
+        )
     params = inspect.signature(cls.__init__).parameters
     for key, value in (("sample_size", image_size), ("in_channels", channels), ("out_channels", channels)):
         if key in params and key not in kwargs:
@@ -532,12 +551,14 @@ class _Interrupt:
     def __init__(self) -> None:
         self.flag = False
         self._previous = None
+        self._pid = os.getpid()
 
     def install(self) -> None:
         if (
             threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler
         ):
+            self._pid = os.getpid()
             self._previous = signal.signal(signal.SIGINT, self._handle)
 
     def uninstall(self) -> None:
@@ -546,6 +567,8 @@ class _Interrupt:
             self._previous = None
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a DataLoader worker forked after install: the main process decides
+            return
         if self.flag:
             raise KeyboardInterrupt
         self.flag = True
@@ -672,7 +695,8 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
     check_sampling(config, T)  # before the data: a bad grid setting fails in seconds
     with accelerator.main_process_first():
         data = load_images(config.data, dataset)
-    model = build_model(config, data.channels, data.image_size)
+    num_classes = None if data.class_names is None else len(data.class_names)
+    model = build_model(config, data.channels, data.image_size, num_classes)
     num_parameters = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(config, model.parameters())
     # diffusers' "constant" ignores warmup; "constant_with_warmup" is the same schedule with it
@@ -739,14 +763,17 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
         from .pipeline import DDPMHubPipeline
 
         net = ema_weights(accelerator.unwrap_model(model), ema)
-        pipe = DDPMHubPipeline(unet=net, scheduler=scheduler)
+        pipe = DDPMHubPipeline(unet=net, scheduler=scheduler, class_names=data.class_names)
         pipe.set_progress_bar_config(disable=True)
+        # a class-conditional grid cycles through the classes: 0, 1, ..., n-1, 0, 1, ...
+        labels = None if num_classes is None else [i % num_classes for i in range(config.num_sample_images)]
         return pipe(
             batch_size=config.num_sample_images,
             generator=torch.Generator("cpu").manual_seed(config.seed),
             sampler=sampler_name,
             num_inference_steps=steps,
             output_type="pt",
+            class_labels=labels,
         ).images
 
     def write_grid(step: int) -> None:
@@ -809,6 +836,10 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
     for batch in interrupt.guard(batches):
         if state.step >= config.max_steps:
             break
+        labels = None
+        if num_classes is not None:
+            batch, labels = batch
+            labels = labels.to(device, non_blocking=True)
         batch = batch.to(device, non_blocking=True).float() / 127.5 - 1.0  # uint8 -> [-1, 1]
         if config.data.random_flip:
             batch = random_flip(batch)
@@ -823,7 +854,12 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
             # Seed, "Derived Variables" and the forward process: the scheduler owns the tables (outside the
             # model and its EMA) and the maths; its float32 tables on this device are cast once and cached.
             x_noisy = scheduler.add_noise(batch, noise, t)
-            model_output = model(x_noisy, t).sample.float()
+            if labels is None:
+                model_output = model(x_noisy, t).sample.float()
+            else:  # classifier-free guidance: a share p_uncond of the labels becomes the null class
+                drop = torch.rand(bs, device=device) < config.p_uncond
+                labels = torch.where(drop, torch.full_like(labels, num_classes), labels)
+                model_output = model(x_noisy, t, class_labels=labels).sample.float()
             target = scheduler.get_target(batch, noise, t)  # the noise, for the seed's prediction_type
             if config.snr_gamma is None:
                 loss = F.mse_loss(model_output, target)
@@ -942,7 +978,7 @@ def _finish(
     from .pipeline import DDPMHubPipeline, pipeline_requirements
 
     net = ema_weights(unwrapped, ema)
-    pipe = DDPMHubPipeline(unet=net, scheduler=scheduler)
+    pipe = DDPMHubPipeline(unet=net, scheduler=scheduler, class_names=data.class_names)
     tmp = run_dir / f"{TMP_PREFIX}pipeline"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
@@ -972,6 +1008,7 @@ def _finish(
         "prediction_type": scheduler.config.prediction_type,
         "backbone": config.backbone,
         "num_parameters": num_parameters,
+        **({"class_names": data.class_names, "p_uncond": config.p_uncond} if data.class_names else {}),
         "mixed_precision": config.mixed_precision,
         "ema_decay": config.ema.max_decay if ema is not None else None,
         "ema_decay_reached": getattr(ema, "cur_decay_value", None),

@@ -54,7 +54,7 @@ from PIL import Image
 
 import ddpm_hub
 from ddpm_hub.images import make_grid
-from ddpm_hub.loading import download_pipeline
+from ddpm_hub.loading import download_pipeline, pipeline_folder
 from ddpm_hub.plugins import get_samplers
 from ddpm_hub.samplers import resolve_steps
 
@@ -214,10 +214,14 @@ def hub_commit(repo_id: str, revision: str | None) -> str | None:
         return None
 
 
-def _folder_stamp(folder: str) -> tuple[int, ...]:
-    """When the files of a local pipeline folder last changed, so that a re-saved folder is reloaded."""
-    root = Path(folder)
-    return tuple(sorted(p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()))[-1:]
+def _folder_stamp(folder: str) -> int:
+    """When the pipeline in a local folder (a pipeline folder, or a run's ``pipeline/``) last changed, so a
+    re-saved pipeline is reloaded; a run's checkpoints and logs do not count."""
+    try:
+        root = pipeline_folder(Path(folder))
+    except FileNotFoundError:
+        return 0  # not a pipeline: load_pipeline says so
+    return max((p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()), default=0)
 
 
 def _build(ref: ModelRef, revision: str | None) -> ddpm_hub.DDPMHubPipeline:
@@ -360,9 +364,11 @@ def _side_by_side(left: Image.Image, right: Image.Image, gap: int = 12) -> Image
 
 @dataclass
 class Frame:
-    """The state after reverse step ``step`` (1-based) at timestep ``t``: x_t and the predicted x_0, uint8."""
+    """The state after reverse step ``step`` (1-based, of ``steps``) at timestep ``t``: x_t and the predicted
+    x_0, uint8 (B, C, H, W)."""
 
     step: int
+    steps: int
     t: int
     sample: np.ndarray
     x0: np.ndarray
@@ -415,7 +421,9 @@ def _sample(pipe, *, sampler: str, steps: int, n: int, seed: int) -> Iterator[li
             raise _Cancelled
         if i in record:
             events.put(
-                Frame(i + 1, t, _to_uint8(tensors["sample"]), _to_uint8(tensors["pred_original_sample"]))
+                Frame(
+                    i + 1, steps, t, _to_uint8(tensors["sample"]), _to_uint8(tensors["pred_original_sample"])
+                )
             )
 
     def work():
@@ -472,12 +480,15 @@ def generate_stream(
         raise SpaceInputError(f"Steps: {exc}") from exc
     frames: list[Frame] = []
     start = time.perf_counter()
-    for item in _sample(loaded.pipe, sampler=sampler, steps=steps, n=n, seed=seed):
-        if isinstance(item, list):
-            frames.extend(item)
-            yield item
-        else:
-            images = _to_uint8(item * 2 - 1)
+    try:
+        for item in _sample(loaded.pipe, sampler=sampler, steps=steps, n=n, seed=seed):
+            if isinstance(item, list):
+                frames.extend(item)
+                yield item
+            else:
+                images = _to_uint8(item * 2 - 1)
+    except ValueError as exc:  # the pipeline refuses to return a broken image (NaN ...): say so
+        raise SpaceInputError(f"Sampling failed: {exc}") from exc
     run = Run(loaded, sampler, steps, seed, images, frames, time.perf_counter() - start)
     run.command = reproduce_command(run, default)
     yield run
@@ -495,7 +506,7 @@ def generate(model, revision, sampler, steps, num_images, seed, *, allow_local: 
     for k in sorted(set(picks.round().astype(int).tolist())):
         frame = run.frames[k]
         trajectory.append(
-            (_enlarge(_grid(frame.sample), 256), f"x after step {frame.step}/{run.steps} (t={frame.t})")
+            (_enlarge(_grid(frame.sample), 256), f"x after step {frame.step}/{frame.steps} (t={frame.t})")
         )
         trajectory.append((_enlarge(_grid(frame.x0), 256), f"predicted x0 at t={frame.t}"))
     singles = [
@@ -514,9 +525,9 @@ def live_image(frame: Frame) -> Image.Image:
     return _side_by_side(_enlarge(_grid(frame.sample), 320), _enlarge(_grid(frame.x0), 320))
 
 
-def live_caption(frame: Frame, steps: int) -> str:
+def live_caption(frame: Frame) -> str:
     return (
-        f"**Step {frame.step} of {steps}** (t = {frame.t}). Left: x_t, the images being denoised. "
+        f"**Step {frame.step} of {frame.steps}** (t = {frame.t}). Left: x_t, the images being denoised. "
         "Right: the model's current guess of the finished images (predicted x_0)."
     )
 
@@ -530,9 +541,9 @@ def follow_image(frame: Frame, index: int) -> Image.Image:
     )
 
 
-def follow_caption(frame: Frame, index: int, steps: int) -> str:
+def follow_caption(frame: Frame, index: int) -> str:
     return (
-        f"Image {index + 1}, **step {frame.step} of {steps}** (t = {frame.t}): "
+        f"Image {index + 1}, **step {frame.step} of {frame.steps}** (t = {frame.t}): "
         "left x_t, right the predicted x_0."
     )
 
@@ -878,7 +889,6 @@ def build_demo(
                         type="pil",
                         format="png",
                         interactive=False,
-                        height=320,
                         buttons=["fullscreen"],
                         placeholder="x_t and the predicted x_0 of one image, step by step",
                         elem_id="trajectory",
@@ -1089,26 +1099,25 @@ def build_demo(
                 stream = generate_stream(
                     model_value, revision_value, sampler_value, steps_value, n, seed_value, **opts
                 )
-                index = int(index) - 1 if index and int(index) <= int(n) else 0
+                try:  # the image followed: the one chosen before, if this run has it
+                    index = int(index) - 1 if 1 <= int(index) <= int(n) else 0
+                except (TypeError, ValueError):
+                    index = 0
                 for item in stream:
                     if isinstance(item, list):
                         frame = item[-1]
-                        total = int(steps_value)
                         yield {
                             **updates,
                             message: _message(None),
                             grid: live_image(frame),
-                            summary: live_caption(frame, total),
+                            summary: live_caption(frame),
                             trajectory: follow_image(frame, index),
-                            trajectory_caption: follow_caption(frame, index, total),
+                            trajectory_caption: follow_caption(frame, index),
                         }
                     else:
                         run = item
             except SpaceInputError as exc:
                 yield {**updates, message: _message(exc.message)}
-                return
-            except ValueError as exc:  # the pipeline refused to return a broken image (NaN ...)
-                yield {**updates, message: _message(f"Sampling failed: {exc}")}
                 return
             last = run.frames[-1]
             yield {
@@ -1116,7 +1125,7 @@ def build_demo(
                 grid: grid_image(run),
                 summary: run.summary(),
                 trajectory: follow_image(last, index),
-                trajectory_caption: follow_caption(last, index, run.steps),
+                trajectory_caption: follow_caption(last, index),
                 last_run: run,
                 step_slider: gr.update(maximum=run.steps, value=run.steps),
                 follow: gr.update(maximum=max(run.n, 2), value=index + 1, interactive=run.n > 1),
@@ -1142,7 +1151,7 @@ def build_demo(
                 return gr.update(), gr.update()
             index = min(int(index), run.n) - 1
             frame = frame_at(run.frames, int(step))
-            return follow_image(frame, index), follow_caption(frame, index, run.steps)
+            return follow_image(frame, index), follow_caption(frame, index)
 
         step_slider.change(
             _show_step,
@@ -1159,7 +1168,7 @@ def build_demo(
             picture, caption = _show_step(run, index, step)
             return picture, caption, gr.update(value=gif_file(run, min(int(index), run.n) - 1))
 
-        follow.release(
+        follow.change(
             _follow,
             [last_run, follow, step_slider],
             [trajectory, trajectory_caption, download_gif],

@@ -184,10 +184,20 @@ def test_forward_process_goes_from_image_to_noise(space_app):
     assert x0_up[:, -5:].mean() > x0_up[:, :5].mean() + 100  # the left-to-right ramp survives
 
 
-def test_pipelines_are_cached(space_app):
+def test_pipelines_are_cached(space_app, tmp_path):
     default = space_app.ModelRef("local", str(space_app.DEFAULT_MODEL_DIR))
     assert space_app.load_model(default).pipe is space_app.load_model(default).pipe
     assert space_app.PIPELINES.size == space_app.CACHED_PIPELINES
+    # a local training run: its checkpoints and logs changing does not reload it; a re-saved pipeline does
+    run = tmp_path / "run"
+    shutil.copytree(space_app.DEFAULT_MODEL_DIR, run / "pipeline")
+    ref = space_app.ModelRef("local", str(run))
+    first = space_app.load_model(ref).pipe
+    (run / "logs.txt").write_text("step 10")
+    assert space_app.load_model(ref).pipe is first
+    later = time.time() + 10
+    os.utime(run / "pipeline" / "model_index.json", (later, later))
+    assert space_app.load_model(ref).pipe is not first
 
 
 def test_generate_function_matches_the_pipeline(space_app):

@@ -129,6 +129,20 @@ def test_generate_streams_the_trajectory_then_the_grid(page):
 
     # the grid and the GIF download; the copyable line names the model, sampler, steps and seed
     assert page.locator("#download-grid").is_enabled() and page.locator("#download-gif").is_enabled()
+    if size == "desktop":
+        _set_number(page, "follow", 3)  # another image to follow: its trajectory and its GIF
+        page.wait_for_function(
+            "document.querySelector('#trajectory-caption').innerText.startsWith('Image 3, step 1 of 20')"
+        )
+        with page.expect_download() as download:
+            page.click("#download-gif")
+        gif = Image.open(download.value.path())
+        assert gif.format == "GIF" and gif.n_frames == 20 and "image3" in download.value.suggested_filename
+        with page.expect_download() as download:
+            page.click("#download-grid")
+        png = Image.open(download.value.path())
+        shown = page.evaluate("[document.querySelector('#grid img').naturalWidth, 0]")[0]
+        assert png.format == "PNG" and png.size == (shown, shown)
     command = page.locator("#reproduce textarea").input_value()
     assert command.startswith("ddpm-hub sample ") and "--sampler sde-dpm-solver++ --steps 20" in command
     assert "--num-images 16 --seed 0" in command

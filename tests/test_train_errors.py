@@ -93,6 +93,20 @@ def test_resume_with_a_changed_experiment_stops_with_one_line_per_key(run_copy, 
     assert "Traceback" not in err and [s for s, _ in list_checkpoints(run_copy)] == [2, 4]
 
 
+def test_resume_with_a_config_file_compares_the_file_too(run_copy, capsys):
+    same = yaml.safe_load((run_copy / "config.yaml").read_text())
+    changed = {**same, "seed": 5, "data": {**same["data"], "image_size": 32}}
+    (run_copy.parent / "changed.yaml").write_text(yaml.safe_dump(changed))
+    argv = ["train", "--config", str(run_copy.parent / "changed.yaml"), "--resume", "latest"]
+    assert cli_main([*argv, "--output_dir", str(run_copy)]) == 2
+    err = capsys.readouterr().err
+    assert "seed: 3 -> 5" in err and "data.image_size: 28 -> 32" in err and "2 key(s) differ" in err
+    # the run's own file, with a longer max_steps, continues it
+    argv = ["train", "--config", str(run_copy / "config.yaml"), "--resume", "latest", "--max_steps", "6"]
+    assert cli_main(argv) == 0
+    assert json.loads((run_copy / "train_info.json").read_text())["num_train_steps"] == 6
+
+
 def test_resume_through_the_python_api_checks_the_saved_config_too(run_copy):
     config = load_config(
         None, [("output_dir", str(run_copy)), ("resume", "latest"), ("model", {"base_channels": 8})]
@@ -228,9 +242,15 @@ def test_a_failing_grid_never_costs_the_checkpoint_of_its_step(tmp_path, monkeyp
 # ------------------------------------------------------------------------------------------------ Ctrl-C
 
 
-def test_ctrl_c_saves_a_checkpoint_prints_the_resume_command_and_exits_130(tmp_path):
+@pytest.mark.parametrize(
+    "workers",
+    [False, True],  # True: Ctrl-C in a terminal signals the whole group, DataLoader workers included
+)
+def test_ctrl_c_saves_a_checkpoint_prints_the_resume_command_and_exits_130(tmp_path, workers):
     run = tmp_path / "run"
     args = tiny_args(run, "--max_steps", "1000", "--checkpointing_steps", "0", "--sample_sampler", "ddim")
+    if workers:
+        args += ["--data.predecode_max_mb", "0", "--data.num_workers", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ddpm_hub.train", *args],
@@ -238,18 +258,22 @@ def test_ctrl_c_saves_a_checkpoint_prints_the_resume_command_and_exits_130(tmp_p
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 300
         while not (run / "samples" / "step-2.png").exists():  # two steps ran
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        if workers:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
     assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in err
+    assert "Traceback" not in err and err.count("Ctrl-C: stopping after this step") == 1
     command = f"ddpm-hub train --output_dir {run} --resume latest"
     assert command in err
     ((step, _),) = list_checkpoints(run)
