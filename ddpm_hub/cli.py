@@ -30,13 +30,24 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_sample)
 
 
+class UsageError(SystemExit):
+    """Exit 2 (a bad argument, as argparse) after printing the message; ``str()`` is the message."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def _fail(command: str, message: object, code: int = 1) -> NoReturn:
     """One line on stderr and exit ``code``: 2 for a bad argument (as argparse), 1 for a failure."""
     line = f"ddpm-hub {command}: error: {message}"
     if code == 1:
         raise SystemExit(line)  # Python prints it and exits 1
     print(line, file=sys.stderr)
-    raise SystemExit(code)
+    raise UsageError(line)
 
 
 def _check_out(command: str, path: Path, image: bool) -> None:
