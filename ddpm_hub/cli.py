@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
 import sys
 import tempfile
@@ -10,7 +12,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+import torch
+from PIL import Image
+
+from . import __version__, evaluate
+from .conditioning import DEFAULT_GUIDANCE_SCALE
 from .datasets import BUILTIN_DATASET
+from .hub import HubPushError, push
+from .images import make_grid
+from .loading import load_pipeline
+from .pipeline import NonFiniteSampleError
+from .plugins import plugin_info
+from .train import main as train_main
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
@@ -56,8 +69,6 @@ def _check_out(command: str, path: Path, image: bool) -> None:
         name = "grid.png" if image else "report.json"
         _fail(command, f"--out {path} is a folder; give a file name, such as {path / name}", 2)
     if image:
-        from PIL import Image
-
         fmt = Image.registered_extensions().get(path.suffix.lower())
         if fmt not in Image.SAVE:
             _fail(
@@ -77,8 +88,6 @@ def _check_out(command: str, path: Path, image: bool) -> None:
 
 def _load(command: str, model: str, revision: str | None):
     """``load_pipeline`` with its errors as one line (exit 1)."""
-    from .loading import load_pipeline
-
     try:
         return load_pipeline(model, revision=revision)
     except (OSError, ValueError, ImportError) as exc:  # HubLoadError and FileNotFoundError are OSErrors
@@ -95,8 +104,6 @@ def _steps(command: str, pipe, sampler: str | None, steps: int | None) -> int:
 
 
 def _add_conditioning(p: argparse.ArgumentParser) -> None:
-    from .conditioning import DEFAULT_GUIDANCE_SCALE
-
     p.add_argument(
         "--class",
         dest="classes",
@@ -127,11 +134,6 @@ def _class_labels(pipe, classes: list[str] | None, num_images: int) -> list[int]
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
-    from .images import make_grid
-    from .pipeline import NonFiniteSampleError
-
     if args.num_images < 1:
         _fail("sample", f"--num-images must be at least 1, got {args.num_images}", 2)
     _check_out("sample", args.out, image=True)
@@ -169,10 +171,6 @@ def _add_plugins(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    import json
-
-    from .plugins import plugin_info
-
     print(json.dumps(plugin_info(include_builtins=args.all), indent=2))
     return 0
 
@@ -188,8 +186,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import main as train_main
-
     return train_main(args.rest)
 
 
@@ -217,8 +213,6 @@ def space_app_path() -> Path:
 
 
 def cmd_space(args: argparse.Namespace) -> int:
-    import importlib.util
-
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -265,8 +259,6 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import HubPushError, push
-
     try:
         info = push(
             args.path,
@@ -326,11 +318,6 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
-    from . import evaluate
-    from .pipeline import NonFiniteSampleError
-
     if args.num_samples < 2:
         _fail(
             "eval",
@@ -384,8 +371,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _fail("eval", f"{exc}; no score was computed")
     report = evaluate.evaluate_images(images, reference).to_dict()
     if labels is not None:
-        from .conditioning import DEFAULT_GUIDANCE_SCALE
-
         report.update(evaluate.class_accuracy(images, labels, pipe.class_names))
         report["guidance_scale"] = (
             DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
@@ -402,8 +387,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(prog="ddpm-hub", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ddpm-hub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -35,6 +35,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import SafetensorError, safe_open
 
 from .pipeline import DDPMHubPipeline
 from .plugins import MissingPluginError, _normalize, allowed_plugins, get_schedules, load_plugins
@@ -258,8 +259,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _check_safetensors(folder: Path) -> None:
     """ValueError naming a truncated or corrupt ``.safetensors`` file of a pipeline folder (header check only)."""
-    from safetensors import SafetensorError, safe_open
-
     for path in sorted(folder.glob("*/*.safetensors")):
         try:
             with safe_open(path, framework="pt"):

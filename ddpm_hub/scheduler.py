@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
@@ -272,8 +273,6 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
         schedule = merged.get("beta_schedule", "linear")
         if merged.get("trained_betas") is not None or schedule == "linear":
             return config
-        from diffusers import DDPMScheduler
-
         options = {k: merged[k] for k in ("num_train_timesteps", "beta_start", "beta_end") if k in merged}
         try:
             betas = DDPMScheduler(beta_schedule=schedule, **options).betas
