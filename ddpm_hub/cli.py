@@ -18,12 +18,31 @@ from PIL import Image
 from . import __version__, evaluate
 from .conditioning import DEFAULT_GUIDANCE_SCALE
 from .datasets import BUILTIN_DATASET
+from .devices import allow_fast_float32, select_device
 from .hub import HubPushError, push
 from .images import make_grid
 from .loading import load_pipeline
 from .pipeline import NonFiniteSampleError
 from .plugins import plugin_info
 from .train import main as train_main
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where to sample: auto (the best available: cuda, xpu, mps, else cpu), cpu, cuda, cuda:N, mps, xpu",
+    )
+
+
+def _sampling_device(args: argparse.Namespace, command: str):
+    """``--device`` as a torch.device (TF32 allowed on CUDA), or SystemExit with one line."""
+    try:
+        device = select_device(args.device)
+    except ValueError as exc:
+        raise SystemExit(f"ddpm-hub {command}: error: --device: {exc}") from None
+    allow_fast_float32(device)
+    return device
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +59,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     _add_conditioning(p)
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
     p.add_argument("--out", type=Path, default=Path("grid.png"))
+    _add_device(p)
     p.set_defaults(func=cmd_sample)
 
 
@@ -136,13 +156,15 @@ def _class_labels(pipe, classes: list[str] | None, num_images: int) -> list[int]
 def cmd_sample(args: argparse.Namespace) -> int:
     if args.num_images < 1:
         _fail("sample", f"--num-images must be at least 1, got {args.num_images}", 2)
+    device = _sampling_device(args, "sample")
     _check_out("sample", args.out, image=True)
-    pipe = _load("sample", args.model, args.revision)
+    pipe = _load("sample", args.model, args.revision).to(device)
     steps = _steps("sample", pipe, args.sampler, args.steps)
     labels = _class_labels(pipe, args.classes, args.num_images)
     try:
         images = pipe(
             batch_size=args.num_images,
+            # a CPU generator: the same seed gives the same starting noise on every device
             generator=torch.Generator(device="cpu").manual_seed(args.seed),
             num_inference_steps=steps,
             sampler=args.sampler,
@@ -158,7 +180,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         make_grid(images).save(args.out)
     except OSError as exc:
         _fail("sample", f"could not write {args.out}: {exc}")
-    print(f"wrote {args.num_images} images to {args.out}")
+    print(f"wrote {args.num_images} images to {args.out} (sampled on {device})")
     return 0
 
 
@@ -314,6 +336,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
+    _add_device(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -326,6 +349,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     if args.batch_size < 1:
         _fail("eval", f"--batch-size must be at least 1, got {args.batch_size}", 2)
+    device = _sampling_device(args, "eval")
     if args.metric == "inception":
         try:
             evaluate.inception_features(None)
@@ -333,7 +357,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             _fail("eval", exc, 2)
     if args.out is not None:
         _check_out("eval", args.out, image=False)
-    pipe = _load("eval", args.model, args.revision)
+    pipe = _load("eval", args.model, args.revision).to(device)
     steps = _steps("eval", pipe, args.sampler, args.steps)
     try:
         evaluate.check_image_shape(pipe.image_shape, args.dataset)
@@ -375,7 +399,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report["guidance_scale"] = (
             DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
         )
-    report.update(model=str(args.model), sampler=args.sampler, steps=steps, seed=args.seed)
+    report.update(
+        model=str(args.model), sampler=args.sampler, steps=steps, seed=args.seed, device=str(device)
+    )
     text = json.dumps(report, indent=2)
     if args.out is not None:
         try:
