@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
+from . import __version__, evaluate
+from .conditioning import DEFAULT_GUIDANCE_SCALE
 from .datasets import BUILTIN_DATASET
+from .hub import HubPushError, push
+from .images import make_grid
+from .loading import HubLoadError, load_pipeline
+from .plugins import plugin_info
+from .train import main as train_main
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +39,6 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_conditioning(p: argparse.ArgumentParser) -> None:
-    from .conditioning import DEFAULT_GUIDANCE_SCALE
-
     p.add_argument(
         "--class",
         dest="classes",
@@ -60,11 +69,6 @@ def _class_labels(pipe, classes: list[str] | None, num_images: int) -> list[int]
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
-    from .images import make_grid
-    from .loading import HubLoadError, load_pipeline
-
     if args.num_images < 1:
         raise SystemExit(f"--num-images must be at least 1, got {args.num_images}")
 
@@ -100,10 +104,6 @@ def _add_plugins(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    import json
-
-    from .plugins import plugin_info
-
     print(json.dumps(plugin_info(include_builtins=args.all), indent=2))
     return 0
 
@@ -119,8 +119,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import main as train_main
-
     return train_main(args.rest)
 
 
@@ -148,8 +146,6 @@ def space_app_path() -> Path:
 
 
 def cmd_space(args: argparse.Namespace) -> int:
-    import importlib.util
-
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -192,8 +188,6 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import HubPushError, push
-
     try:
         info = push(
             args.path,
@@ -253,11 +247,6 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
-    from . import evaluate
-    from .loading import load_pipeline
-
     if args.num_samples < 2:
         raise SystemExit(
             f"--num-samples must be at least 2 (a Gaussian is fitted to the samples), got {args.num_samples}"
@@ -300,8 +289,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     report = evaluate.evaluate_images(images, reference).to_dict()
     if labels is not None:
-        from .conditioning import DEFAULT_GUIDANCE_SCALE
-
         report.update(evaluate.class_accuracy(images, labels, pipe.class_names))
         report["guidance_scale"] = (
             DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
@@ -316,8 +303,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(prog="ddpm-hub", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ddpm-hub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -32,6 +32,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from .datasets import BUILTIN_DATASET
+from .hub import check_push_settings
 from .schedules import DEFAULT_NUM_TRAIN_TIMESTEPS
 
 #: the model of the built-in default (configs/mnist.yaml): 28 px digits, 0.69M parameters, attention at 7x7
@@ -256,8 +257,6 @@ class TrainConfig:
         if d.max_samples is not None and d.max_samples < 1:
             raise ConfigError(f"data.max_samples must be positive or null, got {d.max_samples}")
         if self.push_to_hub or self.hub_repo_id is not None:
-            from .hub import check_push_settings
-
             try:  # before training, not after hours of it
                 check_push_settings(self.hub_repo_id, push=self.push_to_hub)
             except ValueError as exc:

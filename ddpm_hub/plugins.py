@@ -16,9 +16,11 @@ import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import pluggy
+from diffusers import ConfigMixin, ModelMixin
 
 from . import hookspecs
 
@@ -41,7 +43,11 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "ddpm_hub"
-DEFAULT_PLUGINS = ("ddpm_hub.schedules", "ddpm_hub.samplers", "ddpm_hub.models.unet")
+#: the built-in plugins (``ddpm_hub.schedules``, ``ddpm_hub.samplers``, ``ddpm_hub.models.unet``), registered
+#: through the same hooks as installed ones. ``ddpm_hub/__init__.py`` hands them over
+#: (:func:`register_builtins`): they use this module (the scheduler looks its schedule up here), so this
+#: module imports none of them, by name or by string.
+BUILTIN_PLUGINS: list[ModuleType] = []
 KINDS = ("schedules", "samplers", "backbones")
 
 
@@ -86,12 +92,19 @@ def distribution_of(obj: Any) -> tuple[str, str] | None:
     return None
 
 
+def register_builtins(*modules: ModuleType) -> None:
+    """Declare ddpm-hub's built-in plugin modules; ``ddpm_hub/__init__.py`` calls this once."""
+    for module in modules:
+        if module not in BUILTIN_PLUGINS:
+            BUILTIN_PLUGINS.append(module)
+    reset_registries()
+
+
 def _load_default_plugins() -> None:
-    for module_name in DEFAULT_PLUGINS:
-        module = importlib.import_module(module_name)
+    for module in BUILTIN_PLUGINS:
         if not pm.is_registered(module):
-            pm.register(module, name=module_name)
-            _plugin_dists[module_name] = ("ddpm-hub", _core_version())
+            pm.register(module, name=module.__name__)
+            _plugin_dists[module.__name__] = ("ddpm-hub", _core_version())
 
 
 class MissingPluginError(ImportError):
@@ -249,8 +262,6 @@ def _collect() -> dict[str, dict[str, Entry]]:
 
 
 def _check_backbone_class(name: str, cls: Any, plugin: str) -> None:
-    from diffusers import ConfigMixin, ModelMixin
-
     if not (isinstance(cls, type) and issubclass(cls, ModelMixin) and issubclass(cls, ConfigMixin)):
         raise TypeError(
             f"plugin {plugin!r} registered backbone {name!r} as {cls!r}, which is not a diffusers ModelMixin + "
@@ -355,7 +366,7 @@ def plugin_info(include_builtins: bool = False) -> list[dict[str, Any]]:
     registries = {kind: _registry(kind) for kind in KINDS}
     out = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda p: p[0]):
-        if name in DEFAULT_PLUGINS and not include_builtins:
+        if plugin in BUILTIN_PLUGINS and not include_builtins:
             continue
         dist, version = _plugin_dists.get(name, (name, "unknown"))
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])

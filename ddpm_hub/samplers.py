@@ -19,6 +19,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .hookspecs import hookimpl
+from .plugins import get_sampler, provider
 from .scheduler import DDPMHubScheduler
 
 #: beta_schedule names that diffusers' schedulers compute themselves
@@ -93,8 +94,6 @@ def sde_dpm_solver_pp(config: dict[str, Any], betas: torch.Tensor) -> SchedulerM
 
 def make_sampler(name: str, scheduler: SchedulerMixin) -> SchedulerMixin:
     """Build the sampler ``name`` with the same betas as ``scheduler`` (a training scheduler)."""
-    from .plugins import get_sampler
-
     factory = get_sampler(name)
     betas = torch.as_tensor(scheduler.betas, dtype=torch.float64)
     return factory({**scheduler.config, "_class_name": type(scheduler).__name__}, betas)
@@ -107,8 +106,6 @@ def resolve_steps(name: str, steps: Any, num_train_timesteps: int) -> int:
     Steps above T are an error rather than a cap: a sampler cannot visit more timesteps than the model was
     trained on (diffusers' DPM-Solver++ returns NaN images there), and a silent cap would hide a typo.
     """
-    from .plugins import provider
-
     entry = provider("samplers", name)
     T = int(num_train_timesteps)
     if steps is None:

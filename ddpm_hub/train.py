@@ -52,7 +52,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import load as accelerate_load
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
+from . import __version__
+from .conditioning import check_backbone_supports
 from .config import (
     ConfigError,
     TrainConfig,
@@ -62,7 +72,13 @@ from .config import (
     run_config_file,
     saved_run_config,
 )
-from .data import DataError
+from .data import DataError, ShardedBatchSampler, load_images, random_flip
+from .hub import HubPushError, push, write_model_card
+from .images import make_grid
+from .pipeline import DDPMHubPipeline, pipeline_requirements
+from .plugins import get_backbone
+from .samplers import resolve_steps
+from .scheduler import DDPMHubScheduler
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-"
@@ -184,8 +200,6 @@ def save_checkpoint(
 
 def _save_ema(ema, model: torch.nn.Module, folder: Path) -> None:
     """diffusers' EMAModel.state_dict(), split into its weights (safetensors, by parameter name) and the rest (JSON)."""
-    from safetensors.torch import save_file
-
     state = ema.state_dict()
     names = [name for name, _ in model.named_parameters()]
     shadow = state.pop("shadow_params")
@@ -214,9 +228,6 @@ def verify_checkpoint(
     with CheckpointError naming the checkpoint and the file; a model whose tensors do not fit says so in one
     line.
     """
-    from accelerate.utils import load as accelerate_load
-    from safetensors.torch import load_file
-
     legacy = sorted(p.name for p in checkpoint.glob("custom_checkpoint_*.pkl"))
     if legacy:
         raise CheckpointError(
@@ -333,9 +344,6 @@ def build_model(
 ) -> torch.nn.Module:
     """The backbone ``config.backbone`` from the registry, sized to the data unless the config says otherwise;
     class-conditional with ``num_classes`` classes when given (labelled data)."""
-    from .conditioning import check_backbone_supports
-    from .plugins import get_backbone
-
     try:
         cls = get_backbone(config.backbone)
     except ValueError as exc:
@@ -390,8 +398,6 @@ def build_model(
 
 
 def build_scheduler(config: TrainConfig):
-    from .scheduler import DDPMHubScheduler
-
     _check_kwargs("scheduler", DDPMHubScheduler, config.scheduler)
     try:
         return DDPMHubScheduler(**config.scheduler)
@@ -602,8 +608,6 @@ class _Interrupt:
 
 def check_sampling(config: TrainConfig, num_train_timesteps: int) -> None:
     """Every sampling setting checked against T before step 1, so a grid never fails hours into a run."""
-    from .samplers import resolve_steps
-
     settings = [("final_sampler", "final_inference_steps")]
     if config.sample_steps and config.sample_steps < config.max_steps:
         settings.insert(0, ("sample_sampler", "sample_inference_steps"))
@@ -620,9 +624,6 @@ def train(config: TrainConfig, dataset=None) -> Path:
 
     ``dataset``: a ``datasets.Dataset`` to train on instead of ``config.data.dataset``.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
     config.validate()
     run_dir = Path(config.output_dir).expanduser().resolve()
     accelerator = Accelerator(
@@ -642,16 +643,12 @@ def train(config: TrainConfig, dataset=None) -> Path:
         interrupt.uninstall()
         accelerator.end_training()
         if accelerator.num_processes == 1:  # let a later train() in this process choose another precision
-            from accelerate.state import AcceleratorState, GradientState
-
             AcceleratorState._reset_state(reset_partial_state=True)
             GradientState._reset_state()
 
 
 def push_run(config: TrainConfig, run_dir: Path):
     """Push the finished run to ``config.hub_repo_id`` (``push_to_hub: true``); return the commit info."""
-    from .hub import HubPushError, push
-
     info = json.loads((run_dir / "train_info.json").read_text())
     try:
         commit = push(
@@ -672,14 +669,6 @@ def push_run(config: TrainConfig, run_dir: Path):
 
 
 def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: _Interrupt) -> Path:
-    from accelerate.utils import gather_object, set_seed
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
-
-    from . import __version__
-    from .data import ShardedBatchSampler, load_images, random_flip
-
     main = accelerator.is_main_process
     resume_from = _prepare_output_dir(config, run_dir, main)  # every process checks
     accelerator.wait_for_everyone()
@@ -760,8 +749,6 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
 
     def sample_grid(sampler_name: str, steps: int | None) -> torch.Tensor:
         """(B, C, H, W) images in [0, 1] from the EMA weights (main process), fixed seed for comparability."""
-        from .pipeline import DDPMHubPipeline
-
         net = ema_weights(accelerator.unwrap_model(model), ema)
         pipe = DDPMHubPipeline(unet=net, scheduler=scheduler, class_names=data.class_names)
         pipe.set_progress_bar_config(disable=True)
@@ -777,8 +764,6 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
         ).images
 
     def write_grid(step: int) -> None:
-        from .images import make_grid
-
         try:
             images = sample_grid(config.sample_sampler, config.sample_inference_steps)
         except Exception as exc:  # a grid is a view of the run, never a reason to stop it
@@ -973,10 +958,6 @@ def _finish(
     global_batch,
     sample_grid,
 ) -> None:
-    from . import __version__
-    from .images import make_grid
-    from .pipeline import DDPMHubPipeline, pipeline_requirements
-
     net = ema_weights(unwrapped, ema)
     pipe = DDPMHubPipeline(unet=net, scheduler=scheduler, class_names=data.class_names)
     tmp = run_dir / f"{TMP_PREFIX}pipeline"
@@ -1029,12 +1010,7 @@ def _finish(
         ],
     }
     (run_dir / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    try:  # the Hub module's model card, where it is installed
-        from .hub import write_model_card
-    except ImportError:
-        pass
-    else:
-        write_model_card(run_dir / "pipeline", info, repo_id=config.hub_repo_id)
+    write_model_card(run_dir / "pipeline", info, repo_id=config.hub_repo_id)
     print(
         f"done: {state.step} steps in {state.wall_time_s:.0f} s, final loss {final_loss:.4f}\n"
         f"  pipeline  {run_dir / 'pipeline'}   (ddpm_hub.load_pipeline({str(run_dir)!r}))\n"
@@ -1067,8 +1043,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from .hub import HubPushError
-
     try:
         try:
             train(config)
@@ -1091,8 +1065,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _close_progress_bars() -> None:
-    from tqdm.auto import tqdm
-
     for bar in list(getattr(tqdm, "_instances", ())):
         bar.close()
 

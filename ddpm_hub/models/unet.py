@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers import UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
@@ -295,8 +296,6 @@ class UNet(ModelMixin, ConfigMixin):
 
 @hookimpl
 def register_backbones(register):
-    from diffusers import UNet2DModel
-
     register("unet", UNet)
     # diffusers' own UNet is a valid backbone too (it is how official checkpoints such as
     # google/ddpm-cifar10-32 load); its config keys are UNet2DModel's.
