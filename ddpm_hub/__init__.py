@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import models, plugins, samplers, schedules
+from .devices import select_device
 from .hookspecs import hookimpl
 from .loading import load_pipeline
 from .models.unet import UNet, UNetOutput
@@ -30,4 +31,5 @@ __all__ = [
     "linear",
     "load_pipeline",
     "make_sampler",
+    "select_device",
 ]

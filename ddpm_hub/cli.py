@@ -14,11 +14,30 @@ import torch
 from . import __version__, evaluate
 from .conditioning import DEFAULT_GUIDANCE_SCALE
 from .datasets import BUILTIN_DATASET
+from .devices import allow_fast_float32, select_device
 from .hub import HubPushError, push
 from .images import make_grid
 from .loading import HubLoadError, load_pipeline
 from .plugins import plugin_info
 from .train import main as train_main
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where to sample: auto (the best available: cuda, xpu, mps, else cpu), cpu, cuda, cuda:N, mps, xpu",
+    )
+
+
+def _sampling_device(args: argparse.Namespace, command: str):
+    """``--device`` as a torch.device (TF32 allowed on CUDA), or SystemExit with one line."""
+    try:
+        device = select_device(args.device)
+    except ValueError as exc:
+        raise SystemExit(f"ddpm-hub {command}: error: --device: {exc}") from None
+    allow_fast_float32(device)
+    return device
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +54,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     _add_conditioning(p)
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
     p.add_argument("--out", type=Path, default=Path("grid.png"))
+    _add_device(p)
     p.set_defaults(func=cmd_sample)
 
 
@@ -71,15 +91,18 @@ def _class_labels(pipe, classes: list[str] | None, num_images: int) -> list[int]
 def cmd_sample(args: argparse.Namespace) -> int:
     if args.num_images < 1:
         raise SystemExit(f"--num-images must be at least 1, got {args.num_images}")
+    device = _sampling_device(args, "sample")
 
     try:
         pipe = load_pipeline(args.model, revision=args.revision)
     except (HubLoadError, ValueError, FileNotFoundError, ImportError) as exc:
         raise SystemExit(f"ddpm-hub sample: error: {exc}") from exc
+    pipe.to(device)
     labels = _class_labels(pipe, args.classes, args.num_images)
     try:
         images = pipe(
             batch_size=args.num_images,
+            # a CPU generator: the same seed gives the same starting noise on every device
             generator=torch.Generator(device="cpu").manual_seed(args.seed),
             num_inference_steps=args.steps,
             sampler=args.sampler,
@@ -91,7 +114,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise SystemExit(f"ddpm-hub sample: error: {exc}") from exc
     args.out.parent.mkdir(parents=True, exist_ok=True)
     make_grid(images).save(args.out)
-    print(f"wrote {args.num_images} images to {args.out}")
+    print(f"wrote {args.num_images} images to {args.out} (sampled on {device})")
     return 0
 
 
@@ -243,6 +266,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
+    _add_device(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -253,6 +277,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     if args.steps is not None and args.steps < 1:
         raise SystemExit(f"--steps must be at least 1, got {args.steps}")
+    device = _sampling_device(args, "eval")
     if args.metric == "inception":
         try:
             evaluate.inception_features(None)
@@ -262,7 +287,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         reference = evaluate.Reference.from_dataset(args.dataset)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"--dataset: {exc}") from None
-    pipe = load_pipeline(args.model, revision=args.revision)
+    pipe = load_pipeline(args.model, revision=args.revision).to(device)
     labels = None
     if args.class_accuracy:
         if pipe.num_classes is None:
@@ -293,7 +318,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report["guidance_scale"] = (
             DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
         )
-    report.update(model=str(args.model), sampler=args.sampler, steps=args.steps, seed=args.seed)
+    report.update(
+        model=str(args.model), sampler=args.sampler, steps=args.steps, seed=args.seed, device=str(device)
+    )
     text = json.dumps(report, indent=2)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ LAYERS = {
     "ddpm_hub.pipeline": "core",
     "ddpm_hub.loading": "core",
     "ddpm_hub.images": "core",
+    "ddpm_hub.devices": "core",
     "ddpm_hub.conditioning": "core",
     "ddpm_hub.datasets": "core",
     "ddpm_hub.datasets.make_mnist5k": "tools",

@@ -96,7 +96,10 @@ class AttnBlock(nn.Module):
         qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, H*W, C/heads)
         h = F.scaled_dot_product_attention(q, k, v)
-        h = h.transpose(-1, -2).reshape(B, C, H, W)
+        # contiguous: SDPA's output layout makes this reshape a channels-last view, and a 1x1 conv on it
+        # returns proj.weight's gradient with channels-last strides, which DDP copies into its bucket
+        # every step ("Grad strides do not match bucket view strides")
+        h = h.transpose(-1, -2).reshape(B, C, H, W).contiguous()
         return x + self.proj(h)
 
 
