@@ -15,7 +15,7 @@ from . import __version__, evaluate
 from .conditioning import DEFAULT_GUIDANCE_SCALE
 from .datasets import BUILTIN_DATASET
 from .devices import allow_fast_float32, select_device
-from .hub import HubPushError, push
+from .hub import HubPushError, deploy_space, push
 from .images import make_grid
 from .loading import HubLoadError, load_pipeline
 from .plugins import plugin_info
@@ -146,11 +146,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_space(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("space", help="run the Gradio Space (spaces/app.py) locally")
+    p = sub.add_parser(
+        "space",
+        help="run the Gradio Space (spaces/app.py) locally, or deploy it as a Hugging Face Space (--deploy)",
+    )
     p.add_argument(
         "--model",
         default=None,
         help="default model: a pipeline or run folder, or a Hub repo id (default: the bundled one)",
+    )
+    p.add_argument(
+        "--deploy",
+        metavar="NAMESPACE/NAME",
+        default=None,
+        help="create or update this Space repo on the Hub (gradio SDK) with the app, ddpm_hub and the "
+        "bundled model(s), then print its URL; nothing runs locally",
+    )
+    p.add_argument("--private", action="store_true", help="with --deploy: create the Space private")
+    p.add_argument(
+        "--token", default=None, help="with --deploy: a Hub token (default: HF_TOKEN or the login)"
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 to serve a network)")
     p.add_argument("--port", type=int, default=7860)
@@ -168,7 +182,33 @@ def space_app_path() -> Path:
     return Path(__file__).resolve().parent.parent / "spaces" / "app.py"
 
 
+def cmd_deploy_space(args: argparse.Namespace) -> int:
+    if args.allow_local_paths:
+        raise SystemExit(
+            "ddpm-hub space: error: --allow-local-paths cannot be used with --deploy: a public Space never lets "
+            "visitors load folders on its server"
+        )
+    app_path = space_app_path()
+    if not app_path.is_file():
+        raise SystemExit(
+            f"ddpm-hub space: error: no Space at {app_path}: --deploy uploads spaces/ of a ddpm-hub source checkout"
+        )
+    try:
+        url, commit = deploy_space(
+            app_path.parent, args.deploy, model=args.model, private=args.private, token=args.token
+        )
+    except (HubPushError, ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"ddpm-hub space: error: {exc}") from exc
+    print(f"deployed the Space to {args.deploy} (commit {commit.oid})")
+    print(url)
+    return 0
+
+
 def cmd_space(args: argparse.Namespace) -> int:
+    if args.deploy is not None:
+        return cmd_deploy_space(args)
+    if args.private or args.token:
+        raise SystemExit("ddpm-hub space: error: --private and --token go with --deploy NAMESPACE/NAME")
     try:
         import gradio  # noqa: F401
     except ImportError:

@@ -3,22 +3,28 @@
 The pipeline is a diffusers ``DiffusionPipeline`` with two components, ``unet`` (any registered
 backbone, or diffusers' ``UNet2DModel``) and ``scheduler`` (the training scheduler, or any diffusers
 scheduler). It saves as a diffusers pipeline folder: ``model_index.json``, ``unet/`` (safetensors),
-``scheduler/scheduler_config.json``.
+``scheduler/scheduler_config.json``, plus the pipeline's code for stock diffusers'
+``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` (``ddpm_hub.remote_code``), which
+ddpm-hub's own loading never runs.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin, SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from .conditioning import DEFAULT_GUIDANCE_SCALE, guide, label_ids, num_classes_of
 from .plugins import backbone_name_of, distribution_of, get_schedules
+from .remote_code import write_remote_code
 from .samplers import make_sampler, resolve_steps
 from .scheduler import original_sample
 
@@ -80,16 +86,85 @@ class DDPMHubPipeline(DiffusionPipeline):
             )
         return label_ids(label, self.class_names, self.num_classes)
 
-    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
-        """``DiffusionPipeline.save_pretrained``, recording in model_index.json what the pipeline needs.
+    def save_pretrained(
+        self, save_directory: str | Path, *args: Any, push_to_hub: bool = False, **kwargs: Any
+    ) -> None:
+        """``DiffusionPipeline.save_pretrained``, plus what ddpm-hub and stock diffusers need to load the folder.
 
-        ``_ddpm_hub_requires`` maps ``unet`` to the distribution and version that provided the backbone (and
-        its registered name) and ``scheduler`` to the one that provided its ``beta_schedule``, so that
-        ``load_pipeline`` can name the plugin to install where it is missing. diffusers ignores config keys
-        that start with ``_`` when loading, so the folder stays loadable by ``DiffusionPipeline.from_pretrained``.
+        ``_ddpm_hub_requires`` in model_index.json maps ``unet`` to the distribution and version that provided the
+        backbone (and its registered name) and ``scheduler`` to the one that provided its ``beta_schedule``, so
+        that ``load_pipeline`` can name the plugin to install where it is missing (diffusers ignores config keys
+        that start with ``_``).
+
+        The folder also carries the pipeline's code for stock diffusers (``ddpm_hub.remote_code``):
+        ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` loads and samples it where
+        ddpm-hub is not installed, and ``_class_name`` becomes ``["ddpm_hub.pipeline", "DDPMHubPipeline"]``, the
+        form diffusers reads custom code from. ddpm-hub's own loading (``load_pipeline``, :meth:`from_pretrained`)
+        never runs that code. ``push_to_hub=True`` (with ``repo_id=`` ...) uploads the folder with its code.
         """
         self.register_to_config(_ddpm_hub_requires=pipeline_requirements(self.unet, self.scheduler))
+        push_keys = ("repo_id", "commit_message", "private", "token", "create_pr")
+        push = {k: kwargs.pop(k) for k in push_keys if k in kwargs}
         super().save_pretrained(save_directory, *args, **kwargs)
+        write_remote_code(save_directory, self)
+        if push_to_hub:
+            repo_id = push.pop("repo_id", Path(save_directory).name)
+            self.push_to_hub(repo_id, **push, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> DDPMHubPipeline:
+        """Load a local pipeline folder without running any code from it (``load_pipeline`` checks it first).
+
+        Each component is built by its class's own ``from_pretrained`` (the unet from safetensors only), the
+        classes being the installed ones that model_index.json names; the ``.py`` files a folder carries for
+        stock diffusers are never read. ``kwargs``: components to use instead (``unet=``, ``scheduler=``), the
+        pipeline's other init arguments (default: model_index.json's, such as ``class_names``), and
+        ``torch_dtype``, ``variant``, ``low_cpu_mem_usage``, ``device_map`` for the unet. For a Hub repo use
+        ``ddpm_hub.load_pipeline(repo_id)``.
+        """
+        folder = Path(pretrained_model_name_or_path)
+        if not (folder / "model_index.json").is_file():
+            raise ValueError(
+                f"{folder} is not a local pipeline folder (no model_index.json): DDPMHubPipeline.from_pretrained "
+                "loads local folders; for a Hub repo use ddpm_hub.load_pipeline(repo_id)"
+            )
+        if kwargs.pop("use_safetensors", True) is False:
+            raise ValueError(
+                "ddpm-hub loads weights from safetensors only; use_safetensors=False is not supported"
+            )
+        unet_options = ("torch_dtype", "variant", "low_cpu_mem_usage", "device_map")
+        unet_kwargs = {k: kwargs.pop(k) for k in unet_options if k in kwargs}
+        components = {name: kwargs.pop(name) for name in ("unet", "scheduler") if name in kwargs}
+        init_kwargs = {
+            k: kwargs.pop(k) for k in list(kwargs) if k in inspect.signature(cls.__init__).parameters
+        }
+        if kwargs:
+            raise TypeError(
+                f"DDPMHubPipeline.from_pretrained got unexpected arguments: {', '.join(sorted(kwargs))}"
+            )
+        index = json.loads((folder / "model_index.json").read_text())
+        for name, base in (("unet", ModelMixin), ("scheduler", SchedulerMixin)):
+            if name in components:
+                continue
+            library, class_name = index[name]
+            component_cls = getattr(importlib.import_module(library), class_name, None)
+            if not (isinstance(component_cls, type) and issubclass(component_cls, base)):
+                raise ValueError(
+                    f"{folder}: model_index.json's {name} is {library}.{class_name}, which is not a {base.__name__}"
+                )
+            if name == "unet":
+                components[name] = component_cls.from_pretrained(
+                    folder, subfolder=name, use_safetensors=True, **unet_kwargs
+                )
+            else:
+                components[name] = component_cls.from_pretrained(folder, subfolder=name)
+        # the pipeline's own init arguments that model_index.json records (class_names of a conditional model)
+        for key in inspect.signature(cls.__init__).parameters:
+            if key not in ("self", "unet", "scheduler") and key in index and key not in init_kwargs:
+                init_kwargs[key] = index[key]
+        pipe = cls(**components, **init_kwargs)
+        pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        return pipe
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

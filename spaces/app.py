@@ -48,20 +48,24 @@ import numpy as np
 import pandas as pd
 import torch
 from huggingface_hub import HfApi
-from huggingface_hub.errors import HFValidationError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from PIL import Image
 
 import ddpm_hub
 from ddpm_hub.conditioning import DEFAULT_GUIDANCE_SCALE
+from ddpm_hub.datasets import BUILTIN_DATASET, BUILTIN_DATASETS
 from ddpm_hub.devices import allow_fast_float32, select_device
 from ddpm_hub.images import make_grid
 from ddpm_hub.loading import download_pipeline, pipeline_folder
 from ddpm_hub.plugins import get_samplers
 from ddpm_hub.samplers import resolve_steps
+from ddpm_hub.schedules import DEFAULT_NUM_TRAIN_TIMESTEPS
 
 #: the bundled model, used when no repo is given (replace the folder to change it)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default-model"
+#: written by `ddpm-hub space --deploy --model NAMESPACE/NAME`: the Hub repo a deployed Space uses by default
+DEFAULT_MODEL_REPO_FILE = Path(__file__).resolve().parent / "default-model-repo.txt"
 #: what the model box shows for the bundled (or operator-chosen) default model
 DEFAULT_MODEL_LABEL = "default (bundled MNIST model)"
 #: the bundled class-conditional model: pick a digit (offered when the folder is there)
@@ -83,11 +87,13 @@ MAX_GUIDANCE = 10.0
 MAX_STEPS = 1000
 #: steps recorded for the trajectory (every step up to this many, else evenly spaced ones)
 MAX_FRAMES = 64
+#: the fewest live pictures a run shows while sampling (when it has that many steps)
+LIVE_UPDATES = 8
 #: frames in the API's trajectory gallery (x_t and the predicted x_0 at each)
 API_TRAJECTORY_FRAMES = 6
 #: uploads larger than this (longest side, pixels) are scaled down for the Explain tab
 MAX_UPLOAD_SIDE = 512
-MNIST5K = Path(ddpm_hub.__file__).resolve().parent / "datasets" / "mnist5k.parquet"
+MNIST5K = BUILTIN_DATASETS[BUILTIN_DATASET]
 MNIST5K_SIZE = 5000
 #: plain words for the core samplers; a plugin sampler is described by its factory's docstring
 SAMPLER_WORDS = {
@@ -217,13 +223,17 @@ class PipelineCache:
 PIPELINES = PipelineCache()
 
 
-def hub_commit(repo_id: str, revision: str | None) -> str | None:
-    """The commit that ``revision`` (default ``main``) of ``repo_id`` points at now, or None when the Hub
-    does not say (unreachable, offline, unknown repo or revision ...)."""
+def hub_commit(repo_id: str, revision: str | None) -> tuple[str | None, bool]:
+    """(the commit that ``revision`` (default ``main``) of ``repo_id`` points at now, whether the Hub could be
+    asked). The commit is None when the Hub refused (unknown repo or revision ...: load_pipeline meets the
+    same answer next and names it) or could not be asked (offline, unreachable, a server error)."""
     try:
-        return HfApi().model_info(repo_id, revision=revision).sha
-    except Exception:  # load_pipeline meets the same problem next and names it
-        return None
+        return HfApi().model_info(repo_id, revision=revision).sha, True
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else 500
+        return None, status < 500
+    except Exception:  # offline mode, or no connection: whatever the HTTP client raises
+        return None, False
 
 
 def _folder_stamp(folder: str) -> int:
@@ -287,15 +297,17 @@ def load_model(ref: ModelRef) -> Loaded:
     """The pipeline for ``ref`` (cached by commit), or a ``SpaceInputError`` that says what went wrong.
 
     A Hub ref is resolved to its current commit first (one API call), so a new push is seen on the next
-    request. When the Hub cannot be asked, the commit served last for that branch is used if it is still
-    cached; otherwise ``load_pipeline`` tries the local Hugging Face cache and explains a failure.
+    request. When the Hub cannot be reached, the commit served last for that branch is used (from memory or
+    the Hugging Face cache); otherwise the library's loader explains the failure.
     """
     try:
         if ref.kind == "local":
             key = ("local", ref.location, _folder_stamp(ref.location))
             return Loaded(PIPELINES.get(key, lambda: _build(ref, None)), ref)
         branch = (ref.location, ref.revision)
-        commit = hub_commit(ref.location, ref.revision) or PIPELINES.last_commit.get(branch)
+        commit, asked = hub_commit(ref.location, ref.revision)
+        if not asked:  # the Hub is out of reach: serve the commit this branch pointed at last, if known
+            commit = PIPELINES.last_commit.get(branch)
         key = ("hub", ref.location, commit or f"unresolved:{ref.revision}")
         pipe = PIPELINES.get(key, lambda: _build(ref, commit or ref.revision))
         if commit is not None:
@@ -438,8 +450,8 @@ def _sample(
     class_name: str | None = None,
     guidance_scale: float | None = None,
 ) -> Iterator[list[Frame] | torch.Tensor]:
-    """Run the pipeline in a worker thread; yield the recorded frames as they arrive (in batches: whatever
-    came since the last yield), then the final images (B, C, H, W) in [0, 1]."""
+    """Run the pipeline in a worker thread; yield the recorded frames as they arrive, in batches, then the
+    final images (B, C, H, W) in [0, 1]."""
     record = recorded_steps(steps)
     events: queue.Queue = queue.Queue()
     stop = threading.Event()
@@ -475,24 +487,25 @@ def _sample(
 
     worker = threading.Thread(target=work, name="ddpm-hub-space-sampler", daemon=True)
     worker.start()
+    # One yield carries the frames that arrived since the last one (the page shows the newest), so a slow
+    # page never falls behind; but at most `span` of them, so even a fast run shows LIVE_UPDATES pictures.
+    span = max(1, len(record) // LIVE_UPDATES)
     try:
-        while True:
-            item = events.get()
-            batch = []
-            while isinstance(item, Frame):
-                batch.append(item)
+        done = None
+        while done is None:
+            batch = [events.get()]
+            while isinstance(batch[-1], Frame) and len(batch) < span:
                 try:
-                    item = events.get_nowait()
+                    batch.append(events.get_nowait())
                 except queue.Empty:
-                    item = None
+                    break
+            if not isinstance(batch[-1], Frame):
+                done = batch.pop()  # the final images, or the worker's exception
             if batch:
                 yield batch
-            if item is None:
-                continue
-            if isinstance(item, Exception):
-                raise item
-            yield item
-            return
+        if isinstance(done, Exception):
+            raise done
+        yield done
     finally:
         stop.set()
 
@@ -869,13 +882,16 @@ def build_demo(
 
     Args:
         default_model: the model used when the visitor gives none: a pipeline or run folder, or a Hub repo id
-            (chosen by the operator, so a local path is always allowed here). Default: ``DEFAULT_MODEL_DIR``.
+            (chosen by the operator, so a local path is always allowed here). Default: the repo named in
+            ``DEFAULT_MODEL_REPO_FILE`` (a deployed Space's ``--model``), else ``DEFAULT_MODEL_DIR``.
         allow_local_paths: let visitors load folders on this server; default: the ``DDPM_HUB_SPACE_ALLOW_LOCAL``
             env var, else off.
         presets: Hub repo ids offered in the model box.
         concurrency_limit: requests run at once (gradio's queue); default ``DDPM_HUB_SPACE_CONCURRENCY`` or 2.
     """
     allow_local = env_allows_local_paths() if allow_local_paths is None else bool(allow_local_paths)
+    if default_model is None and DEFAULT_MODEL_REPO_FILE.is_file():
+        default_model = DEFAULT_MODEL_REPO_FILE.read_text().strip()
     default = resolve_model(
         str(default_model or DEFAULT_MODEL_DIR),
         None,
@@ -884,7 +900,7 @@ def build_demo(
     )
     samplers = sampler_names()
     initial_sampler = "sde-dpm-solver++" if "sde-dpm-solver++" in samplers else samplers[0]
-    initial_T = 512
+    initial_T = DEFAULT_NUM_TRAIN_TIMESTEPS  # until a model is loaded
     concurrency = concurrency_limit or int(os.environ.get("DDPM_HUB_SPACE_CONCURRENCY", "2"))
     opts = dict(allow_local=allow_local, default=default)
     low, initial_steps, _ = step_bounds(initial_sampler, initial_T)

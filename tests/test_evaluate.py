@@ -128,11 +128,11 @@ def _cli(*args):
 
 def test_cli_eval_reports_json(tiny_pipeline_dir, tmp_path):
     out = tmp_path / "report.json"
-    r = _cli(tiny_pipeline_dir, "--num-samples", 8, "--sampler", "ddim", "--steps", 2, "--out", out)
+    r = _cli(tiny_pipeline_dir, "--num-samples", 8, "--sampler", "ddim", "--steps", 4, "--out", out)
     assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())
     assert json.loads(r.stdout) == report
-    assert report["num_samples"] == 8 and report["sampler"] == "ddim" and report["steps"] == 2
+    assert report["num_samples"] == 8 and report["sampler"] == "ddim" and report["steps"] == 4
     assert report["reference"] == "mnist5k" and report["num_reference"] == 1000
     assert report["fd"] > 100  # an untrained model makes no digits
 

@@ -116,11 +116,14 @@ def test_push_uploads_pipeline_card_and_images_never_checkpoints_logs_or_config(
     assert sorted(files) == [
         ".gitattributes",
         "README.md",
+        "ddpm_hub.pipeline.py",  # the code that diffusers' trust_remote_code runs (tests/test_remote_code.py)
         "loss.png",
         "model_index.json",
         "samples.png",
+        "scheduler/ddpm_hub.scheduler.py",
         "scheduler/scheduler_config.json",
         "unet/config.json",
+        "unet/ddpm_hub.models.unet.py",
         "unet/diffusion_pytorch_model.safetensors",
     ]
     assert files["unet/diffusion_pytorch_model.safetensors"].lfs is not None  # weights travel as LFS
