@@ -314,7 +314,7 @@ def write_model_card(
         f'# fewer steps: pipe(batch_size=16, sampler="ddim", num_inference_steps={steps("ddim")})',
         *(
             [
-                f"images = pipe(batch_size=16, class_labels={class_names[-1]!r}, guidance_scale={DEFAULT_GUIDANCE_SCALE}).images"
+                f"images = pipe(batch_size=16, class_labels={json.dumps(class_names[-1])}, guidance_scale={DEFAULT_GUIDANCE_SCALE}).images"
             ]
             if class_names
             else []
