@@ -19,6 +19,12 @@ half-written ``latest``) and an exact ``--resume`` that continues the run's own 
 anything from a checkpoint (``ddpm_hub.checkpoints``). Ctrl-C saves a checkpoint and prints the command
 that continues.
 
+Read it top to bottom, as nanoGPT's train.py: :func:`train` makes the Accelerator, and :func:`_train` is the
+whole run on one screen: the run folder, setup, data, model (:func:`build_run`: a :class:`Run` holds the
+run's objects), the loop (:func:`train_loop`; the seed's lines are :func:`training_step`) and :func:`finish`.
+The building blocks follow. Checkpoints (save, verify, resume) are ``ddpm_hub.checkpoints``; the model card
+and pushing are ``ddpm_hub.hub``, the same functions ``ddpm-hub push`` uses.
+
 Run it as ``python -m ddpm_hub.train``, ``accelerate launch -m ddpm_hub.train`` or ``ddpm-hub train``, with
 ``--config FILE`` and ``--key value`` overrides (see ``ddpm_hub.config``). It writes a run folder::
 
