@@ -8,6 +8,11 @@ YAML file and then overridden key by key from the command line::
 
 Values are parsed as YAML scalars (``64``, ``2e-4``, ``true``, ``[1, 2, 2]``, ``null``) and checked against the
 field's type; an unknown key or a bad value raises :class:`ConfigError` naming the key and what is allowed.
+
+``model`` belongs to ``backbone``: it is that backbone's constructor arguments (the default is the built-in
+UNet's MNIST model). A layer (the YAML file, then the command line) that changes ``backbone`` without giving
+``model`` as a whole drops the mapping of the previous backbone, so ``--backbone dit`` starts from DiT's own
+defaults; ``--model.KEY VALUE`` then changes one key of it and ``--model '{...}'`` replaces the mapping.
 """
 
 from __future__ import annotations
@@ -103,7 +108,9 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     #: a registered backbone name: unet, diffusers-unet2d, or one a plugin adds
     backbone: str = "unet"
-    #: the backbone's constructor kwargs; sample_size and in_channels default to the data's
+    #: the backbone's constructor kwargs; sample_size and in_channels default to the data's. Changing backbone
+    #: (in the file or on the command line) without giving the whole mapping starts from the new backbone's own
+    #: defaults: --model.KEY VALUE changes one key, --model '{...}' replaces the mapping
     model: dict[str, Any] = field(default_factory=lambda: dict(MNIST_MODEL))
     #: DDPMHubScheduler kwargs (num_train_timesteps, beta_schedule, beta_start, beta_end, prediction_type, ...)
     scheduler: dict[str, Any] = field(
@@ -342,9 +349,20 @@ def apply(config: TrainConfig, values: dict[str, Any], prefix: str = "") -> Trai
     """Apply a (nested) mapping of values, as read from YAML, to ``config``."""
     if not isinstance(values, dict):
         raise ConfigError(f"a config file must hold a mapping of keys to values, got {type(values).__name__}")
-    for key, value in values.items():
-        _set(config, str(key), value, prefix + str(key))
+    _apply_layer(config, [(str(key), value) for key, value in values.items()], prefix)
     return config
+
+
+def _apply_layer(config: TrainConfig, items: Sequence[tuple[str, Any]], prefix: str = "") -> None:
+    """Set ``items`` (``(dotted key, value)``) on ``config``; when they change ``backbone`` but do not give
+    ``model`` as a whole, the previous backbone's ``model`` is dropped and only the ``model.KEY`` items stay."""
+    backbone = config.backbone
+    for key, value in items:
+        _set(config, key, value, prefix + key)
+    if prefix or config.backbone == backbone or any(key == "model" for key, _ in items):
+        return
+    own = {key.split(".", 1)[1] for key, _ in items if key.startswith("model.")}
+    config.model = {k: v for k, v in config.model.items() if k in own}
 
 
 def parse_value(text: str) -> Any:
@@ -400,8 +418,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[tuple[str, A
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
         apply(config, values)
-    for key, value in overrides:
-        _set(config, key, value)
+    _apply_layer(config, list(overrides))
     config.validate()
     return config
 

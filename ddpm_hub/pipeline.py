@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -241,7 +240,7 @@ def _missing_plugin_message(what: str, requirement: dict[str, Any], fallback: st
     """The sentence that says which distribution to install (or allow) for ``what``."""
     import importlib.metadata
 
-    from .plugins import _normalize, allowed_plugins
+    from .plugins import unavailable_reason
 
     dist = requirement.get("distribution") or fallback
     version = requirement.get("version")
@@ -251,12 +250,9 @@ def _missing_plugin_message(what: str, requirement: dict[str, Any], fallback: st
     except importlib.metadata.PackageNotFoundError:
         pin = f"=={version}" if version else ""
         return f"{what} is provided by the distribution {dist!r}{saved}, which is not installed: pip install {dist}{pin}"
-    allowed = allowed_plugins()
-    if allowed is not None and _normalize(dist) not in allowed:
-        return (
-            f"{what} is provided by the distribution {dist!r}{saved}, which is installed but not loaded because "
-            f"DDPM_HUB_LOAD_PLUGINS={os.environ['DDPM_HUB_LOAD_PLUGINS']!r} leaves it out: add {dist} to it"
-        )
+    reason = unavailable_reason(dist)  # left out by DDPM_HUB_LOAD_PLUGINS, or disabled
+    if reason:
+        return f"{what} is provided by the distribution {dist!r}{saved}, which is installed but {reason}"
     return (
         f"{what} is provided by the distribution {dist!r}{saved}, which is installed but does not provide it; "
         f"upgrade it: pip install -U {dist}"
@@ -271,7 +267,7 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
     ``beta_schedule`` (a plugin) is not installed or not loaded (``MissingPluginError``, naming the
     distribution recorded in ``_ddpm_hub_requires``).
     """
-    from .plugins import MissingPluginError, get_schedules
+    from .plugins import MissingPluginError, distribution_of, get_schedules, unavailable_reason
 
     index = json.loads((folder / "model_index.json").read_text())
     requires = index.get("_ddpm_hub_requires") or {}
@@ -294,6 +290,10 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
                 f"this checkpoint's {name} is {library}.{class_name}, but the installed {library} has no "
                 f"{class_name}; upgrade it"
             )
+        # importable is not enough: a plugin that DDPM_HUB_LOAD_PLUGINS leaves out, or a disabled one, is not used
+        dist = requires.get(name, {}).get("distribution") or (distribution_of(module) or (None,))[0]
+        if dist and unavailable_reason(dist):
+            raise MissingPluginError(_missing_plugin_message(what, requires.get(name, {}), dist))
         component = folder / name
         if not component.is_dir():
             raise FileNotFoundError(f"incomplete pipeline folder {folder}: the {name}/ folder is missing")

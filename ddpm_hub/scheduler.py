@@ -101,22 +101,15 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
                     f"trained_betas has {betas.numel()} values but num_train_timesteps is {num_train_timesteps}"
                 )
         else:
-            from .plugins import get_schedule
+            from .plugins import schedule_betas
 
             if beta_schedule == "linear" and (beta_start is None or beta_end is None):
                 default_start, default_end = default_beta_range(num_train_timesteps)
                 beta_start = default_start if beta_start is None else beta_start
                 beta_end = default_end if beta_end is None else beta_end
                 self.register_to_config(beta_start=beta_start, beta_end=beta_end)
-            schedule = get_schedule(beta_schedule)
-            betas = check_betas(
-                schedule(num_train_timesteps, beta_start=beta_start, beta_end=beta_end), beta_schedule
-            )
-            if betas.numel() != num_train_timesteps:
-                raise ValueError(
-                    f"schedule {beta_schedule!r} returned {betas.numel()} betas for num_train_timesteps="
-                    f"{num_train_timesteps}"
-                )
+            # checked there; bad betas from a plugin's schedule name the plugin, not this config
+            betas = schedule_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
 
         # Seed, "Derived Variables" (all float64, shape (T,))
         self.betas = betas

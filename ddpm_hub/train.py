@@ -172,14 +172,18 @@ def _check_kwargs(what: str, cls: type, kwargs: dict[str, Any]) -> None:
 
 def build_model(config: TrainConfig, channels: int, image_size: int) -> torch.nn.Module:
     """The backbone ``config.backbone`` from the registry, sized to the data unless the config says otherwise."""
-    from .plugins import get_backbone
+    from .plugins import provider
 
     try:
-        cls = get_backbone(config.backbone)
+        entry = provider("backbones", config.backbone)
     except ValueError as exc:
         raise ConfigError(f"bad value for backbone: {exc}") from exc
+    cls = entry.obj
     kwargs = dict(config.model)
-    _check_kwargs("model", cls, kwargs)
+    try:
+        _check_kwargs("model", cls, kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}. {_model_hint(config.backbone, cls)}") from None
     params = inspect.signature(cls.__init__).parameters
     for key, value in (("sample_size", image_size), ("in_channels", channels), ("out_channels", channels)):
         if key in params and key not in kwargs:
@@ -206,18 +210,39 @@ def build_model(config: TrainConfig, channels: int, image_size: int) -> torch.nn
             kwargs[key] = tuple(kwargs[key])
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:
+        if entry.builtin and not isinstance(exc, (TypeError, ValueError)):
+            raise
+        by = "" if entry.builtin else f" ({entry.who()})"
         raise ConfigError(
-            f"cannot build backbone {config.backbone!r} from model={config.model}: {exc}"
+            f"cannot build backbone {config.backbone!r}{by} from model={config.model}: {type(exc).__name__}: {exc}"
         ) from exc
 
 
+def _model_hint(backbone: str, cls: type) -> str:
+    """How ``model`` works when the backbone changes, with the backbone's own keys as the example."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    own = [p for p in params if p.name not in ("self", "sample_size", "in_channels", "out_channels")]
+    example = ", ".join(
+        f"{p.name}: {p.default!r}" for p in own[:2] if p.default is not inspect.Parameter.empty
+    )
+    example = example or "KEY: VALUE"
+    return (
+        f"`model` holds the constructor arguments of backbone {backbone!r} ({cls.__name__}) and is replaced as a whole "
+        f"for another backbone: --backbone {backbone} alone starts from {cls.__name__}'s defaults, --model.KEY VALUE "
+        f"changes one of them, --model '{{{example}}}' replaces the mapping (in a YAML file: model: next to backbone:)"
+    )
+
+
 def build_scheduler(config: TrainConfig):
+    from .plugins import PluginError
     from .scheduler import DDPMHubScheduler
 
     _check_kwargs("scheduler", DDPMHubScheduler, config.scheduler)
     try:
         return DDPMHubScheduler(**config.scheduler)
+    except PluginError as exc:  # the plugin's fault, not the config's
+        raise ConfigError(str(exc)) from exc
     except ValueError as exc:
         raise ConfigError(f"bad scheduler config {config.scheduler}: {exc}") from exc
 
@@ -249,6 +274,36 @@ def min_snr_weights(
     if prediction_type == "v_prediction":
         return clipped / (snr + 1)
     return clipped
+
+
+def format_count(n: int) -> str:
+    """A parameter count as people write it: 812, 12.3k, 0.69M, 35.7M."""
+    if n < 1_000:
+        return str(n)
+    if n < 100_000:
+        return f"{n / 1e3:.1f}k"
+    if n < 10_000_000:
+        return f"{n / 1e6:.2f}M"
+    return f"{n / 1e6:.1f}M"
+
+
+def _check_plugins_before_the_run_folder(config: TrainConfig, model: torch.nn.Module, T: int) -> None:
+    """Run the backbone once and build the samplers the run will use, so that a broken plugin (or a model
+    config its backbone cannot run) fails with one line before anything is written."""
+    from .plugins import check_backbone, get_sampler
+
+    try:
+        check_backbone(model, T)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    used = [("final_sampler", config.final_sampler)]
+    if config.sample_steps:
+        used.append(("sample_sampler", config.sample_sampler))
+    for key, name in used:
+        try:
+            get_sampler(name)
+        except ValueError as exc:
+            raise ConfigError(f"bad value for {key}: {exc}") from exc
 
 
 def hardware(accelerator) -> str:
@@ -428,6 +483,7 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
     T = scheduler.config.num_train_timesteps
     prediction_type = scheduler.config.prediction_type
     model = build_model(config, data.channels, data.image_size)
+    _check_plugins_before_the_run_folder(config, model, T)
     num_parameters = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(config, model.parameters())
     # diffusers' "constant" ignores warmup; "constant_with_warmup" is the same schedule with it
@@ -485,7 +541,7 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
     accelerator.print(
         f"ddpm-hub {__version__}: {data.num_images} images ({data.source}, {data.channels}x{data.image_size}x"
         f"{data.image_size}{', pre-decoded' if data.images is not None else ''}), backbone {config.backbone} "
-        f"({num_parameters / 1e6:.2f}M parameters), T={T} {scheduler.config.beta_schedule}\n"
+        f"({format_count(num_parameters)} parameters), T={T} {scheduler.config.beta_schedule}\n"
         f"{hardware(accelerator)}, mixed precision {config.mixed_precision}, global batch {global_batch} "
         f"({config.batch_size} x {accelerator.num_processes} process(es) x {config.gradient_accumulation_steps} "
         f"accumulation), steps {state.step} -> {config.max_steps}\nwriting to {run_dir}"
@@ -740,12 +796,13 @@ def _finish(
         pass
     else:
         write_model_card(run_dir / "pipeline", info, repo_id=config.hub_repo_id)
+    tensorboard = any(t.name == "tensorboard" for t in accelerator.trackers)
     print(
         f"done: {state.step} steps in {state.wall_time_s:.0f} s, final loss {final_loss:.4f}\n"
         f"  pipeline  {run_dir / 'pipeline'}   (ddpm_hub.load_pipeline({str(run_dir)!r}))\n"
         f"  samples   {run_dir / 'samples.png'}   loss curve {run_dir / 'loss.png'}\n"
-        f"  more:     ddpm-hub sample {run_dir} --num-images 16 --out grid.png\n"
-        f"  logs:     tensorboard --logdir {run_dir / 'logs'}",
+        f"  more:     ddpm-hub sample {run_dir} --num-images 16 --out grid.png"
+        + (f"\n  logs:     tensorboard --logdir {run_dir / 'logs'}" if tensorboard else ""),
         flush=True,
     )
 
@@ -756,12 +813,17 @@ USAGE = """usage: python -m ddpm_hub.train [--config FILE] [--KEY VALUE | KEY=VA
 Train a DDPM. Without --config: the built-in default (configs/mnist.yaml: MNIST-5k digits).
 Nested keys use dots (--model.base_channels 64, --data.dataset ./my-images); values are YAML
 (64, 2e-4, true, [1, 2, 2], null). --resume latest continues the run in output_dir.
+`model` is the backbone's constructor arguments: --backbone dit (another backbone than the file's)
+starts from that backbone's own defaults, --model.KEY VALUE changes one, --model '{...}' replaces all.
 
 keys:
 """
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .cli import one_line_warnings
+
+    one_line_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE + describe())
@@ -772,10 +834,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from .hub import HubPushError
+    from .plugins import PluginError
 
     try:
         train(config)
-    except (ConfigError, DataError, NonFiniteLossError, HubPushError) as exc:
+    except (ConfigError, DataError, NonFiniteLossError, HubPushError, PluginError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
