@@ -3,8 +3,9 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from .hookspecs import hookimpl
+from .loading import load_pipeline
 from .models.unet import UNet, UNetOutput
-from .pipeline import DDPMHubPipeline, load_pipeline
+from .pipeline import DDPMHubPipeline
 from .samplers import make_sampler
 from .scheduler import DDPMHubScheduler, DDPMHubSchedulerOutput
 from .schedules import linear

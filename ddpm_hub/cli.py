@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .datasets import BUILTIN_DATASET
+
 
 class RegisteredNames:
     """The names in a plugin registry, read when argparse first needs them (help, or checking a value), so
@@ -72,32 +74,70 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int, default=None, help="reverse steps (default: the sampler's)")
     p.add_argument("--seed", type=int, default=0)
+    _add_conditioning(p)
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
     p.add_argument("--out", type=Path, default=Path("grid.png"))
     p.set_defaults(func=cmd_sample)
+
+
+def _add_conditioning(p: argparse.ArgumentParser) -> None:
+    from .conditioning import DEFAULT_GUIDANCE_SCALE
+
+    p.add_argument(
+        "--class",
+        dest="classes",
+        nargs="+",
+        default=None,
+        metavar="CLASS",
+        help="class-conditional models: the class (name or id) of every image, or several, cycled over the images",
+    )
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help=f"classifier-free guidance weight (1: none; default {DEFAULT_GUIDANCE_SCALE})",
+    )
+
+
+def _class_labels(pipe, classes: list[str] | None, num_images: int) -> list[int] | None:
+    """``--class`` values (names, else ids) as one class id per image, cycled; SystemExit when unusable."""
+    if classes is None:
+        return None
+    names = pipe.class_names or []
+    wanted = [c if c in names or not c.lstrip("-").isdigit() else int(c) for c in classes]
+    try:
+        ids = pipe.get_label_ids(wanted)
+    except ValueError as exc:
+        raise SystemExit(f"--class: {exc}") from None
+    return [ids[i % len(ids)] for i in range(num_images)]
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .images import make_grid
-    from .pipeline import load_pipeline
+    from .loading import HubLoadError, load_pipeline
 
     if args.num_images < 1:
         raise SystemExit(f"--num-images must be at least 1, got {args.num_images}")
-    from .hub import HubLoadError
 
     try:
         pipe = load_pipeline(args.model, revision=args.revision)
     except (HubLoadError, ValueError, FileNotFoundError, ImportError) as exc:
         raise SystemExit(f"ddpm-hub sample: error: {exc}") from exc
-    images = pipe(
-        batch_size=args.num_images,
-        generator=torch.Generator(device="cpu").manual_seed(args.seed),
-        num_inference_steps=args.steps,
-        sampler=args.sampler,
-        output_type="pt",
-    ).images
+    labels = _class_labels(pipe, args.classes, args.num_images)
+    try:
+        images = pipe(
+            batch_size=args.num_images,
+            generator=torch.Generator(device="cpu").manual_seed(args.seed),
+            num_inference_steps=args.steps,
+            sampler=args.sampler,
+            output_type="pt",
+            class_labels=labels,
+            guidance_scale=args.guidance_scale,
+        ).images
+    except ValueError as exc:
+        raise SystemExit(f"ddpm-hub sample: error: {exc}") from exc
     args.out.parent.mkdir(parents=True, exist_ok=True)
     make_grid(images).save(args.out)
     print(f"wrote {args.num_images} images to {args.out}")
@@ -240,8 +280,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="a pipeline folder, a training run folder, or a Hub repo id (NS/NAME)")
     p.add_argument(
         "--dataset",
-        default="mnist5k",
-        help="reference images: mnist5k (the built-in held-out split), a .parquet file or an image folder",
+        default=BUILTIN_DATASET,
+        help=f"reference images: {BUILTIN_DATASET} (the built-in held-out split), a .parquet file or an image folder",
     )
     p.add_argument("--num-samples", type=int, default=1000, help="images to generate (compare at equal N)")
     p.add_argument(
@@ -262,6 +302,18 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="mnist: offline classifier Frechet distance/KID (MNIST-like data); inception: FID/KID "
         "(not bundled: exits with how to get it)",
     )
+    p.add_argument(
+        "--class-accuracy",
+        action="store_true",
+        help="class-conditional MNIST models: generate every class equally often and report the share of images "
+        "the shipped classifier assigns to the class asked for",
+    )
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance weight for --class-accuracy (1: none; default: the pipeline's)",
+    )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
     p.set_defaults(func=cmd_eval)
@@ -271,7 +323,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from . import evaluate
-    from .pipeline import load_pipeline
+    from .loading import load_pipeline
 
     if args.num_samples < 2:
         raise SystemExit(
@@ -289,8 +341,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"--dataset: {exc}") from None
     pipe = load_pipeline(args.model, revision=args.revision)
-    images = evaluate.generate(pipe, args.num_samples, args.sampler, args.steps, args.seed, args.batch_size)
+    labels = None
+    if args.class_accuracy:
+        if pipe.num_classes is None:
+            raise SystemExit(
+                f"--class-accuracy needs a class-conditional model; {args.model} is unconditional (its unet has no "
+                "num_class_embeds)"
+            )
+        try:
+            evaluate.digit_of_each_class(pipe.class_names)
+        except ValueError as exc:
+            raise SystemExit(f"--class-accuracy: {exc}") from None
+        labels = evaluate.balanced_labels(pipe.num_classes, args.num_samples)
+    elif args.guidance_scale is not None:
+        raise SystemExit("--guidance-scale applies to --class-accuracy (class-conditional sampling) only")
+    images = evaluate.generate(
+        pipe,
+        args.num_samples,
+        args.sampler,
+        args.steps,
+        args.seed,
+        args.batch_size,
+        class_labels=labels,
+        guidance_scale=args.guidance_scale,
+    )
     report = evaluate.evaluate_images(images, reference).to_dict()
+    if labels is not None:
+        from .conditioning import DEFAULT_GUIDANCE_SCALE
+
+        report.update(evaluate.class_accuracy(images, labels, pipe.class_names))
+        report["guidance_scale"] = (
+            DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
+        )
     report.update(model=str(args.model), sampler=args.sampler, steps=args.steps, seed=args.seed)
     text = json.dumps(report, indent=2)
     if args.out is not None:

@@ -13,11 +13,20 @@ field's type; an unknown key or a bad value raises :class:`ConfigError` naming t
 UNet's MNIST model). A layer (the YAML file, then the command line) that changes ``backbone`` without giving
 ``model`` as a whole drops the mapping of the previous backbone, so ``--backbone dit`` starts from DiT's own
 defaults; ``--model.KEY VALUE`` then changes one key of it and ``--model '{...}'`` replaces the mapping.
+
+With ``--resume`` the base is the run's own ``config.yaml``, not the defaults: the command line (and a
+``--config`` file) may change only the keys in :data:`RESUME_SAFE_KEYS` (how long to train, what to log,
+sample, checkpoint and push along the way, data loading workers). Any other key that differs from the saved
+run (model, backbone, scheduler and T, dataset, image size, channels, batch, optimizer, EMA, seed, mixed
+precision ...) would change the experiment or not fit the checkpoint, so resuming stops with one line per
+such key, old value and new.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -26,6 +35,9 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+
+from .datasets import BUILTIN_DATASET
+from .schedules import DEFAULT_NUM_TRAIN_TIMESTEPS
 
 #: the model of the built-in default (configs/mnist.yaml): 28 px digits, 0.69M parameters, attention at 7x7
 MNIST_MODEL = {
@@ -42,17 +54,47 @@ class ConfigError(ValueError):
     """A config key is unknown or its value is not allowed; the message says which and what is."""
 
 
+#: the keys that ``--resume`` may change: where the run is, how long it trains, and what it logs, samples,
+#: checkpoints and pushes on the way. Every other key is the experiment or the checkpoint's shape and comes
+#: from the run's config.yaml. (A changed max_steps also moves the end of a cosine or linear lr decay.)
+RESUME_SAFE_KEYS = (
+    "output_dir",
+    "resume",
+    "overwrite_output_dir",
+    "max_steps",
+    "logging_steps",
+    "log_with",
+    "sample_steps",
+    "num_sample_images",
+    "sample_sampler",
+    "sample_inference_steps",
+    "final_sampler",
+    "final_inference_steps",
+    "checkpointing_steps",
+    "checkpoints_total_limit",
+    "push_to_hub",
+    "hub_repo_id",
+    "hub_private",
+    "hub_revision",
+    "data.num_workers",
+    "data.predecode_max_mb",
+)
+
+
 @dataclass
 class DataConfig:
     """Where the images come from and how they are prepared (see ``ddpm_hub.data``)."""
 
     #: ``mnist5k`` (built in), a Hub dataset name, a local image folder, or parquet file(s) (path or glob)
-    dataset: str = "mnist5k"
+    dataset: str = BUILTIN_DATASET
     #: the Hub dataset's configuration name (the second argument of ``datasets.load_dataset``)
     dataset_config: str | None = None
     split: str = "train"
     #: the image column; default: the only Image column, else ``image`` or ``img``
     image_column: str | None = None
+    #: class labels for a class-conditional model: a column name, or auto (label, labels or class; an image
+    #: folder's class subfolders); null: unconditional
+    label_column: str | None = None
     #: square training size; null: the size of the first image (after center crop)
     image_size: int | None = 28
     #: 1 (grayscale), 3 (RGB) or null (auto: 3 if any of the first images has color)
@@ -99,7 +141,8 @@ class TrainConfig:
     """
 
     output_dir: str = "runs/mnist"
-    #: continue the run in output_dir from its latest checkpoint
+    #: latest: continue the run in output_dir from its latest checkpoint and its config.yaml (only the keys in
+    #: RESUME_SAFE_KEYS may then change); or a checkpoint folder / run folder to continue
     resume: str | None = None
     #: allow training into an output_dir that already holds a run (without resuming it)
     overwrite_output_dir: bool = False
@@ -114,7 +157,10 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=lambda: dict(MNIST_MODEL))
     #: DDPMHubScheduler kwargs (num_train_timesteps, beta_schedule, beta_start, beta_end, prediction_type, ...)
     scheduler: dict[str, Any] = field(
-        default_factory=lambda: {"num_train_timesteps": 512, "beta_schedule": "linear"}
+        default_factory=lambda: {
+            "num_train_timesteps": DEFAULT_NUM_TRAIN_TIMESTEPS,
+            "beta_schedule": "linear",
+        }
     )
 
     max_steps: int = 1000
@@ -131,6 +177,8 @@ class TrainConfig:
     #: clip the global gradient norm to this; null: no clipping
     max_grad_norm: float | None = 1.0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    #: class-conditional runs: the share of labels replaced by the null class, for classifier-free guidance
+    p_uncond: float = 0.1
     #: min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5.0; null: plain MSE, the seed's loss
     snr_gamma: float | None = None
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -163,6 +211,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check values whose type alone does not make them valid."""
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be in 0..2**32-1 (what numpy and torch accept), got {self.seed}")
         positive = {
             "max_steps": self.max_steps,
             "batch_size": self.batch_size,
@@ -185,6 +235,10 @@ class TrainConfig:
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ConfigError(
                 f"max_grad_norm must be positive or null (no clipping), got {self.max_grad_norm}"
+            )
+        if not 0 <= self.p_uncond < 1:
+            raise ConfigError(
+                f"p_uncond must be in [0, 1) (0.1 is usual; 0 trains no null class, so no guidance), got {self.p_uncond}"
             )
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ConfigError(f"snr_gamma must be positive or null (plain MSE), got {self.snr_gamma}")
@@ -410,23 +464,120 @@ def load_config(path: str | Path | None = None, overrides: Sequence[tuple[str, A
     """
     config = TrainConfig()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-        apply(config, values)
+        apply(config, read_yaml(path))
     _apply_layer(config, list(overrides))
     config.validate()
     return config
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file, or ConfigError naming the file and what is wrong with it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a folder; give a YAML file such as configs/mnist.yaml")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values, got {type(values).__name__}")
+    return values
+
+
+def run_config_file(config: TrainConfig) -> Path | None:
+    """The saved config.yaml of the run that ``config.resume`` continues, if it has one.
+
+    ``resume: latest`` continues ``output_dir``; a checkpoint folder (RUN/checkpoints/checkpoint-N) or a run
+    folder continues that run.
+    """
+    if config.resume is None:
+        return None
+    if config.resume == "latest":
+        run = Path(config.output_dir)
+    else:
+        run = Path(config.resume)
+        if re.fullmatch(r"checkpoint-\d+", run.name):
+            run = run.parent.parent
+    path = run.expanduser() / "config.yaml"
+    return path if path.is_file() else None
+
+
+def saved_run_config(path: Path) -> TrainConfig:
+    """A run's saved config.yaml as a TrainConfig (not validated: it is what the run was)."""
+    config = TrainConfig()
+    try:
+        apply(config, read_yaml(path))
+    except ConfigError as exc:
+        raise ConfigError(f"cannot read the run's saved config {path}: {exc}") from exc
+    return config
+
+
+def flat_items(config: TrainConfig) -> dict[str, Any]:
+    """Every key of ``config`` as ``dotted.key: value``, the model and scheduler kwargs included."""
+    out: dict[str, Any] = {}
+
+    def walk(value: Any, prefix: str) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix.rstrip(".")] = _plain(value)
+
+    walk(config.to_dict(), "")
+    return out
+
+
+def resume_changes(saved: TrainConfig, new: TrainConfig) -> list[str]:
+    """``key: old -> new`` for every key that differs between a saved run and a resume of it and that
+    resume may not change (see :data:`RESUME_SAFE_KEYS`)."""
+    unset = "(not set)"
+    old_items, new_items = flat_items(saved), flat_items(new)
+    keys = list(old_items) + [k for k in new_items if k not in old_items]
+    return [
+        f"{key}: {old_items.get(key, unset)!r} -> {new_items.get(key, unset)!r}"
+        for key in keys
+        if key not in RESUME_SAFE_KEYS and old_items.get(key, unset) != new_items.get(key, unset)
+    ]
+
+
+def check_resume(saved: TrainConfig, new: TrainConfig, source: str | Path) -> None:
+    """ConfigError listing (one line per key, old -> new) what ``new`` changes that resume may not change."""
+    changes = resume_changes(saved, new)
+    if changes:
+        raise ConfigError(
+            f"cannot resume with a changed experiment: {len(changes)} key(s) differ from the run's saved config "
+            f"{source} (old -> new):\n  "
+            + "\n  ".join(changes)
+            + "\ndrop them to continue the run as it was, or train a new run with another --output_dir. "
+            f"Resume may change only: {', '.join(k for k in RESUME_SAFE_KEYS if k not in ('resume',))}"
+        )
+
+
 def config_from_argv(argv: Sequence[str]) -> TrainConfig:
-    """``--config FILE`` and overrides, as ``python -m ddpm_hub.train`` and ``ddpm-hub train`` take them."""
+    """``--config FILE`` and overrides, as ``python -m ddpm_hub.train`` and ``ddpm-hub train`` take them.
+
+    With ``--resume``, the run's saved config.yaml is the base and the file and overrides apply on top of it;
+    a change to a key outside :data:`RESUME_SAFE_KEYS` stops (see :func:`check_resume`).
+    """
     path, overrides = parse_overrides(argv)
-    return load_config(path, overrides)
+    config = load_config(path, overrides)
+    saved_file = run_config_file(config)
+    if saved_file is None:
+        return config
+    saved = saved_run_config(saved_file)
+    resumed = copy.deepcopy(saved)
+    if path is not None:
+        apply(resumed, read_yaml(path))
+    _apply_layer(resumed, list(overrides))
+    for key in ("output_dir", "resume", "overwrite_output_dir"):
+        setattr(resumed, key, getattr(config, key))
+    check_resume(saved, resumed, saved_file)
+    resumed.validate()
+    return resumed
 
 
 def describe() -> str:

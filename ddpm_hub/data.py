@@ -15,6 +15,12 @@ dropped, 16-bit and float grayscale are rescaled to 8 bits. Each image is resize
 Random horizontal flips are applied per batch in the training loop (:func:`random_flip`), so they come from
 the (checkpointed) torch RNG.
 
+Class labels (class-conditional training, ``data.label_column``): ``auto`` takes the column ``label``,
+``labels`` or ``class`` (an image folder with one subfolder per class gets a ``label`` column from
+``datasets``' imagefolder builder, named after the subfolders); or name the column. The number of classes and
+their names come from the column's ``ClassLabel`` feature when it has one, else from the values (integers
+0..max, named "0", "1", ...). ``null`` (the default) trains an unconditional model.
+
 A dataset whose decoded pixels fit in ``predecode_max_mb`` is decoded once into one uint8 tensor
 (N, C, H, W): a batch is then an index into it, and loading is never the bottleneck. Larger datasets are
 decoded on the fly by DataLoader workers.
@@ -36,11 +42,13 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import DataConfig
+from .datasets import BUILTIN_DATASETS
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_DATASETS = {"mnist5k": Path(__file__).parent / "datasets" / "mnist5k.parquet"}
 IMAGE_COLUMN_NAMES = ("image", "img")
+#: the columns ``label_column: auto`` looks for, in this order
+LABEL_COLUMN_NAMES = ("label", "labels", "class")
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"}
 #: how many images ``channels: null`` looks at to decide between grayscale and RGB
 CHANNEL_PROBE = 64
@@ -62,6 +70,13 @@ def load_dataset(config: DataConfig):
         parquet = sorted(str(p) for p in path.rglob("*.parquet"))
         if parquet:
             return datasets.load_dataset("parquet", data_files=parquet, split="train")
+        from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+        if not any(p.suffix.lower() in ImageFolder.EXTENSIONS for p in path.rglob("*") if p.is_file()):
+            raise DataError(
+                f"no images found in {path} (read: .png, .jpg, .jpeg, .webp, .bmp, .gif, .tif and the other "
+                f"formats Pillow opens, in the folder and its subfolders; or *.parquet files)"
+            )
         try:
             return datasets.load_dataset("imagefolder", data_dir=str(path), split=config.split)
         except (ValueError, FileNotFoundError) as exc:  # no image files, or no such split
@@ -113,6 +128,65 @@ def find_image_column(dataset, column: str | None) -> str:
     raise DataError(
         f"the dataset has several image columns {image_columns}; choose one with data.image_column"
     )
+
+
+def find_label_column(dataset, column: str) -> str:
+    """The label column: ``column``, or for ``auto`` the first of ``label``, ``labels``, ``class``."""
+    features = dataset.features
+    if column != "auto":
+        if column not in features:
+            raise DataError(
+                f"the dataset has no label column {column!r}; its columns are {list(features)}. Set "
+                "data.label_column to one of them, to auto, or to null for an unconditional model"
+            )
+        return column
+    for name in LABEL_COLUMN_NAMES:
+        if name in features:
+            return name
+    raise DataError(
+        f"data.label_column is auto but the dataset has none of the columns {list(LABEL_COLUMN_NAMES)}; its "
+        f"columns are {list(features)}. Name the label column with data.label_column, or set it to null to "
+        "train an unconditional model (an image folder gets labels from one subfolder per class)"
+    )
+
+
+def read_labels(dataset, column: str, source: str) -> tuple[torch.Tensor, list[str]]:
+    """(labels (N,) int64, class names) of ``column``: names from its ClassLabel feature, else "0".."max"."""
+    import datasets
+
+    feature = dataset.features[column]
+    values = list(dataset[column])
+    bad = next(
+        (
+            (i, v)
+            for i, v in enumerate(values)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0
+        ),
+        None,
+    )
+    if bad is not None:
+        i, v = bad
+        raise DataError(
+            f"the label column {column!r} of {source} must hold non-negative integer class ids; row {i} holds "
+            f"{v!r} ({feature}). Encode string labels as class ids first (datasets: "
+            f"dataset.class_encode_column({column!r})), or set data.label_column to another column"
+        )
+    labels = torch.tensor(values, dtype=torch.long)
+    if isinstance(feature, datasets.ClassLabel):
+        names = [str(n) for n in feature.names]
+        if len(labels) and int(labels.max()) >= len(names):
+            raise DataError(
+                f"the label column {column!r} of {source} holds class id {int(labels.max())} but its ClassLabel "
+                f"has only {len(names)} names"
+            )
+    else:
+        names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
+    if len(names) < 2:
+        raise DataError(
+            f"the label column {column!r} of {source} has {len(names)} class(es); class-conditional training "
+            "needs at least 2 (set data.label_column: null for an unconditional model)"
+        )
+    return labels, names
 
 
 def to_mode(image: Image.Image, channels: int, background: int = 255) -> Image.Image:
@@ -190,6 +264,9 @@ class ImageData:
     column: str | None = None
     config: DataConfig | None = None
     skipped: int = 0
+    #: class-conditional data: (N,) int64 class ids and the class names (index = id); else None
+    labels: torch.Tensor | None = None
+    class_names: list[str] | None = None
 
     def decode(self, index: int) -> torch.Tensor:
         """Image ``index`` as a (C, H, W) uint8 tensor (on-the-fly path)."""
@@ -203,11 +280,13 @@ class ImageData:
             )
         )
 
-    def batches(self, sampler: ShardedBatchSampler, num_workers: int = 0) -> Iterator[torch.Tensor]:
-        """(B, C, H, W) uint8 batches in the order ``sampler`` gives (which knows the data position)."""
+    def batches(self, sampler: ShardedBatchSampler, num_workers: int = 0) -> Iterator[Any]:
+        """(B, C, H, W) uint8 batches in the order ``sampler`` gives (which knows the data position); with
+        labels, (images, (B,) int64 labels) pairs."""
         if self.images is not None:
             for indices in sampler:
-                yield self.images[torch.as_tensor(indices)]
+                index = torch.as_tensor(indices)
+                yield self.images[index] if self.labels is None else (self.images[index], self.labels[index])
             return
         loader = torch.utils.data.DataLoader(
             _LazyImages(self),
@@ -215,14 +294,36 @@ class ImageData:
             num_workers=num_workers,
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
+            collate_fn=_collate,
         )
-        yield from loader
+        for batch in loader:
+            if isinstance(
+                batch, _DecodeFailure
+            ):  # raised here, not in a worker: one line, no worker traceback
+                raise DataError(batch.message)
+            yield batch
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
     array = np.array(image, dtype=np.uint8)  # a writable copy
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))
+
+
+@dataclass
+class _DecodeFailure:
+    """What a DataLoader worker returns for an image it cannot decode (the main process raises it)."""
+
+    message: str
+
+
+def _collate(items: list) -> Any:
+    for item in items:
+        if isinstance(item, _DecodeFailure):
+            return item
+    if isinstance(items[0], tuple):  # labelled data: (images, labels)
+        return torch.stack([image for image, _ in items]), torch.stack([label for _, label in items])
+    return torch.stack(items)
 
 
 class _LazyImages(torch.utils.data.Dataset):
@@ -234,11 +335,19 @@ class _LazyImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.data.num_images
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self._decode(index)
+        except DataError as exc:
+            return _DecodeFailure(str(exc))
+
+    def _decode(self, index: int) -> Any:
+        """The image (C, H, W), or (image, label) for labelled data."""
         for offset in range(self.data.num_images):
             i = (index + offset) % self.data.num_images
             try:
-                return self.data.decode(i)
+                image = self.data.decode(i)
+                return image if self.data.labels is None else (image, self.data.labels[i])
             except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
                 where = _describe(self.data.dataset[i][self.data.column], i, self.data.source)
                 if self.data.config.on_corrupt == "error":
@@ -271,9 +380,13 @@ def load_images(config: DataConfig, dataset=None) -> ImageData:
     if not isinstance(dataset, datasets.Dataset):
         raise DataError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
     column = find_image_column(dataset, config.image_column)
-    dataset = dataset.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+    label_column = None if config.label_column is None else find_label_column(dataset, config.label_column)
     if config.max_samples is not None and len(dataset) > config.max_samples:
         dataset = dataset.select(range(config.max_samples))
+    labels = class_names = None
+    if label_column is not None and len(dataset):
+        labels, class_names = read_labels(dataset, label_column, source)
+    dataset = dataset.select_columns([column]).cast_column(column, datasets.Image(decode=False))
     if len(dataset) == 0:
         raise DataError(f"{source} is empty (split {config.split!r} has no rows); nothing to train on")
 
@@ -288,6 +401,16 @@ def load_images(config: DataConfig, dataset=None) -> ImageData:
         first = first or image
         probe_modes.append(image.mode)
     channels = config.channels
+    color = [m for m in probe_modes if m not in GRAY_MODES and not (m == "P" and _palette_is_gray(first))]
+    if channels == 1 and color:
+        logger.warning(
+            "data.channels=1 on color data: %s holds color images (%d of the first %d), which are converted to "
+            "grayscale (Pillow's luma, L = 0.299 R + 0.587 G + 0.114 B) and trained as 1 channel, so the model "
+            "and its samples are grayscale; drop data.channels (auto) or set 3 to keep color",
+            source,
+            len(color),
+            len(probe_modes),
+        )
     if channels is None:
         gray = all(m in GRAY_MODES or (m == "P" and _palette_is_gray(first)) for m in probe_modes)
         channels = 1 if probe_modes and gray else 3
@@ -306,6 +429,8 @@ def load_images(config: DataConfig, dataset=None) -> ImageData:
         dataset=dataset,
         column=column,
         config=config,
+        labels=labels,
+        class_names=class_names,
     )
     bytes_needed = len(dataset) * channels * size * size
     if bytes_needed <= config.predecode_max_mb * 2**20:
@@ -327,6 +452,7 @@ def _predecode(data: ImageData) -> None:
         (data.num_images, data.channels, data.image_size, data.image_size), dtype=torch.uint8
     )
     keep = 0
+    kept: list[int] = []
     color_in_gray = 0
     rows = (row for chunk in dataset.iter(batch_size=1000) for row in chunk[column])
     for i, row in enumerate(rows):
@@ -345,10 +471,11 @@ def _predecode(data: ImageData) -> None:
             data.skipped += 1
             continue
         images[keep] = _to_tensor(image)
+        kept.append(i)
         keep += 1
     if keep == 0:
         raise DataError(f"none of the {data.num_images} images of {data.source} could be decoded")
-    if color_in_gray:
+    if color_in_gray and config.channels is None:  # channels=1 given: warned in load_images
         logger.warning(
             "%d color images were converted to grayscale: the first %d images of %s are grayscale, so the "
             "dataset is trained as 1 channel; set data.channels=3 to keep color",
@@ -357,6 +484,8 @@ def _predecode(data: ImageData) -> None:
             data.source,
         )
     data.images = images[:keep].clone() if keep < data.num_images else images
+    if data.labels is not None and keep < data.num_images:
+        data.labels = data.labels[torch.tensor(kept)]
     data.num_images = keep
 
 

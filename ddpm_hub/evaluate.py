@@ -41,13 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DATASETS_DIR = Path(__file__).parent / "datasets"
-MNIST5K = DATASETS_DIR / "mnist5k.parquet"
+from .datasets import BUILTIN_DATASET, BUILTIN_DATASETS, DATASETS_DIR
+
+MNIST5K = BUILTIN_DATASETS[BUILTIN_DATASET]
 CLASSIFIER_WEIGHTS = DATASETS_DIR / "mnist5k_classifier.safetensors"
 #: rows of MNIST-5k the classifier trains on, and the held-out reference rows
 CLASSIFIER_ROWS = range(0, 4000)
 REFERENCE_ROWS = range(4000, 5000)
-BUILTIN_DATASET = "mnist5k"
 
 
 class MnistClassifier(nn.Module):
@@ -291,6 +291,8 @@ class Reference:
         return cls(classifier_outputs(images, classifier)[0], str(dataset), len(images))
 
 
+#: reference features of the shipped classifier, by dataset; a custom classifier's are computed afresh,
+#: since features of one classifier mean nothing to another
 _REFERENCE_CACHE: dict[str, Reference] = {}
 
 
@@ -321,12 +323,15 @@ def evaluate_images(
     classifier: MnistClassifier | None = None,
 ) -> QualityReport:
     """Classifier Frechet distance, KID, confidence and entropy of ``images`` ((N, C, H, W) in [0, 1])."""
-    classifier = classifier or load_classifier()
     if not isinstance(reference, Reference):
-        key = str(reference)
-        if key not in _REFERENCE_CACHE or classifier is not None and key != BUILTIN_DATASET:
-            _REFERENCE_CACHE[key] = Reference.from_dataset(reference, classifier)
-        reference = _REFERENCE_CACHE[key]
+        if classifier is not None:  # a custom classifier: its own features of the reference
+            reference = Reference.from_dataset(reference, classifier)
+        else:
+            key = str(reference)
+            if key not in _REFERENCE_CACHE:
+                _REFERENCE_CACHE[key] = Reference.from_dataset(reference)
+            reference = _REFERENCE_CACHE[key]
+    classifier = classifier or load_classifier()
     if len(images) < 2:
         raise ValueError(f"need at least 2 images to fit a Gaussian to, got {len(images)}")
     feats, probs = classifier_outputs(images, classifier)
@@ -355,18 +360,73 @@ def generate(
     steps: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
+    class_labels: list[int] | None = None,
+    guidance_scale: float | None = None,
 ) -> torch.Tensor:
-    """``num_samples`` images (N, C, H, W) in [0, 1] from a pipeline, in batches, reproducibly."""
+    """``num_samples`` images (N, C, H, W) in [0, 1] from a pipeline, in batches, reproducibly.
+
+    ``class_labels``: a class id per image (class-conditional pipelines), with ``guidance_scale``.
+    """
+    if class_labels is not None and len(class_labels) != num_samples:
+        raise ValueError(f"{len(class_labels)} class_labels for {num_samples} samples")
     g = torch.Generator(device="cpu").manual_seed(seed)
     out = []
     for i in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - i)
+        conditioning = {}
+        if class_labels is not None:
+            conditioning = {"class_labels": class_labels[i : i + n], "guidance_scale": guidance_scale}
         out.append(
             pipe(
-                batch_size=n, generator=g, num_inference_steps=steps, sampler=sampler, output_type="pt"
+                batch_size=n,
+                generator=g,
+                num_inference_steps=steps,
+                sampler=sampler,
+                output_type="pt",
+                **conditioning,
             ).images
         )
     return torch.cat(out)
+
+
+def balanced_labels(num_classes: int, num_samples: int) -> list[int]:
+    """Class ids 0, 1, ..., n-1, 0, 1, ... for ``num_samples`` images: every class equally often."""
+    return [i % num_classes for i in range(num_samples)]
+
+
+def digit_of_each_class(class_names: list[str]) -> list[int]:
+    """The digit (0-9) that the classifier should see for each class of a model, from its class names."""
+    digits = []
+    for name in class_names:
+        if not (str(name).isdigit() and 0 <= int(name) <= 9):
+            raise ValueError(
+                f"class accuracy uses the shipped MNIST classifier, so the model's classes must be the digits "
+                f"0-9; this model's classes are {class_names}"
+            )
+        digits.append(int(name))
+    return digits
+
+
+def class_accuracy(
+    images: torch.Tensor,
+    class_labels: list[int],
+    class_names: list[str],
+    classifier: MnistClassifier | None = None,
+) -> dict[str, Any]:
+    """The share of ``images`` that the shipped classifier assigns to the class each was generated for.
+
+    Returns ``class_accuracy`` (over all images) and ``class_accuracy_per_class`` (name -> share).
+    """
+    if len(images) != len(class_labels):
+        raise ValueError(f"{len(images)} images for {len(class_labels)} class_labels")
+    digits = torch.tensor(digit_of_each_class(class_names))[torch.as_tensor(class_labels)]
+    predicted = classifier_outputs(images, classifier)[1].argmax(-1)
+    correct = (predicted == digits).double()
+    labels = torch.as_tensor(class_labels)
+    per_class = {
+        class_names[c]: round(correct[labels == c].mean().item(), 4) for c in sorted(set(class_labels))
+    }
+    return {"class_accuracy": correct.mean().item(), "class_accuracy_per_class": per_class}
 
 
 def evaluate_pipeline(

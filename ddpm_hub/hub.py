@@ -1,15 +1,13 @@
-"""The Hugging Face Hub: push a trained pipeline with its model card, pull one by repo id.
+"""The Hugging Face Hub, outbound: push a trained pipeline with its model card.
 
-Everything goes through ``huggingface_hub`` (``create_repo``, ``upload_folder``, ``snapshot_download``);
-this module decides *what* travels and turns the Hub's errors into messages that say what to do.
+Everything goes through ``huggingface_hub`` (``create_repo``, ``upload_folder``); this module decides
+*what* travels and turns the Hub's errors into messages that say what to do. Pulling (resolving a repo id,
+the file-list check, the download and their errors) is the core's: ``ddpm_hub.loading``.
 
 What a push uploads: the pipeline folder's ``model_index.json``, component configs and ``.safetensors``
 weights, the model card (``README.md``), the sample grid (``samples.png``) and the loss curve
 (``loss.png``). Never checkpoints, optimizer state, TensorBoard logs, intermediate sample grids or pickle
 files: only files matching :data:`PUSH_PATTERNS` are staged.
-
-What a pull downloads: only :data:`PULL_PATTERNS` (safetensors, json, md, png). A repo whose weights exist
-only as pickle files is refused from its file list, before anything is downloaded.
 
 Model card metadata. ``library_name: diffusers``: the repo *is* a diffusers pipeline folder
 (model_index.json + component folders + safetensors), and ``diffusers`` is a library the Hub knows: it
@@ -23,7 +21,6 @@ resolve the ``DDPMHubPipeline`` class by itself).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -31,6 +28,17 @@ import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
+
+from huggingface_hub import HfApi, ModelCard, ModelCardData, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import safe_open
+
+from .datasets import BUILTIN_DATASET_SOURCES
+from .loading import HubLoadError as HubLoadError  # re-exported: it lived here before ddpm_hub.loading
+from .loading import check_pipeline_folder, pipeline_folder
+from .samplers import resolve_steps
+from .scheduler import PREDICTION_TYPES
 
 #: files of a pipeline folder that a push uploads (relative paths, fnmatch patterns)
 PUSH_PATTERNS = (
@@ -42,33 +50,15 @@ PUSH_PATTERNS = (
     "README.md",
     "*.png",
 )
-#: files that a pull downloads (snapshot_download allow_patterns)
-PULL_PATTERNS = ["*.safetensors", "*.json", "*.md", "*.png"]
 #: run-folder files that travel with the pipeline (the card shows them)
 RUN_IMAGES = ("samples.png", "loss.png")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 #: the repo id in a card written before the repo is known; push() fills in the real one
 CARD_PLACEHOLDER = "NS/NAME"
 CARD_TAGS = ["ddpm", "ddpm-hub", "diffusers", "unconditional-image-generation"]
 
-#: Hub ids of the datasets that ddpm-hub's built-in datasets were made from
-BUILTIN_DATASETS = {"mnist5k": "ylecun/mnist", "builtin:mnist5k": "ylecun/mnist"}
-
 
 class HubPushError(OSError):
     """A push to the Hub failed; the message says why and what to do, ``__cause__`` holds the HTTP error."""
-
-
-class HubLoadError(OSError):
-    """A Hub repo could not be loaded; ``reason`` says why, ``__cause__`` holds huggingface_hub's error.
-
-    Reasons: ``repo_not_found``, ``revision_not_found``, ``authentication``, ``offline_not_cached``,
-    ``pickle_only``, ``incomplete``, ``http``.
-    """
-
-    def __init__(self, message: str, reason: str, repo_id: str, revision: str | None = None):
-        super().__init__(message)
-        self.reason, self.repo_id, self.revision = reason, repo_id, revision
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,12 +68,10 @@ class HubLoadError(OSError):
 
 def resolve_run(path: str | Path) -> tuple[Path, Path | None]:
     """(pipeline folder, run folder or None) for a pipeline folder or a training run folder."""
-    from .pipeline import _pipeline_folder
-
     path = Path(path).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"no pipeline or run folder at {path}")
-    pipeline_dir = _pipeline_folder(path)
+    pipeline_dir = pipeline_folder(path)
     run_dir = pipeline_dir.parent if (pipeline_dir.parent / "train_info.json").is_file() else None
     return pipeline_dir, run_dir
 
@@ -101,8 +89,6 @@ def read_train_info(run_dir: Path | None) -> dict[str, Any] | None:
 
 def _count_parameters(unet_dir: Path) -> int | None:
     """Parameter count from the safetensors headers (no weights loaded)."""
-    from safetensors import safe_open
-
     files = sorted(unet_dir.glob("*.safetensors"))
     if not files:
         return None
@@ -138,10 +124,9 @@ def _dataset_ids(dataset: Any) -> list[str]:
     """Hub dataset ids for the card's ``datasets:`` metadata (local files are described, not linked)."""
     if not isinstance(dataset, str) or not dataset:
         return []
-    if dataset in BUILTIN_DATASETS:
-        return [BUILTIN_DATASETS[dataset]]
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
+    builtin = dataset.removeprefix("builtin:")
+    if builtin in BUILTIN_DATASET_SOURCES:
+        return [BUILTIN_DATASET_SOURCES[builtin]]
     if os.path.exists(dataset) or dataset.startswith((".", "/", "~")):
         return []
     try:
@@ -149,6 +134,15 @@ def _dataset_ids(dataset: Any) -> list[str]:
     except HFValidationError:
         return []
     return [dataset]
+
+
+def _objective(scheduler_config: dict[str, Any]) -> str:
+    """The training objective in words, from the scheduler's ``prediction_type``."""
+    name = scheduler_config.get("prediction_type", "epsilon")
+    prediction = PREDICTION_TYPES.get(name)
+    if prediction is None:
+        return f"the MSE of the model's {name} prediction"
+    return f"the MSE of the predicted {prediction.description}"
 
 
 def _requirements(index: dict[str, Any], info: dict[str, Any] | None) -> list[tuple[str, str | None]]:
@@ -185,10 +179,6 @@ def write_model_card(
         samples, loss_curve: PNGs to show; default ``samples.png`` / ``loss.png`` beside the pipeline
             folder (the run folder). They are copied into the pipeline folder, next to the card.
     """
-    from huggingface_hub import ModelCard, ModelCardData
-
-    from .pipeline import check_pipeline_folder
-
     pipeline_dir = Path(pipeline_dir)
     index = check_pipeline_folder(pipeline_dir)
     info = dict(info or {})
@@ -226,14 +216,38 @@ def write_model_card(
         else ""
     )
     reqs = _requirements(index, info)
+    objective = _objective(scheduler)
+    num_classes = unet_config.get("num_class_embeds")
+    class_names = (index.get("class_names") or [str(i) for i in range(num_classes)]) if num_classes else None
+
+    def steps(sampler: str) -> int:
+        """The registry's default steps of ``sampler`` for this model's T."""
+        return resolve_steps(sampler, None, T)
 
     lines = [f"# {repo}", ""]
+    kind = "A class-conditional" if class_names else "An unconditional"
     lines += [
-        f"An unconditional DDPM image generator ({channels}-channel, {size}x{size} pixels) made with "
+        f"{kind} DDPM image generator ({channels}-channel, {size}x{size} pixels) made with "
         "[ddpm-hub](https://github.com/ddpm-hub/ddpm-hub): denoising diffusion probabilistic models "
         "(Ho et al. 2020) on the Hugging Face stack.",
         "",
     ]
+    if class_names:
+        from .conditioning import DEFAULT_GUIDANCE_SCALE
+
+        lines += [
+            f"Classes ({len(class_names)}, id: name): "
+            + ", ".join(f"{i}: `{name}`" for i, name in enumerate(class_names))
+            + ". Ask for one with `class_labels` (an id, a name, or a list of either); classifier-free "
+            f"guidance (`guidance_scale`, default {DEFAULT_GUIDANCE_SCALE}; 1 is none) sharpens the class"
+            + (
+                f" (trained with label dropout p_uncond={info['p_uncond']})"
+                if info.get("p_uncond") is not None
+                else ""
+            )
+            + ".",
+            "",
+        ]
     if "samples.png" in images:
         lines += ["![Samples from this model](samples.png)", ""]
     lines += [
@@ -252,10 +266,19 @@ def write_model_card(
         "",
         f'pipe = load_pipeline("{repo}")',
         "images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0)).images  # PIL images",
-        '# fewer steps: pipe(batch_size=16, sampler="ddim", num_inference_steps=50)',
+        f'# fewer steps: pipe(batch_size=16, sampler="ddim", num_inference_steps={steps("ddim")})',
+        *(
+            [
+                f"images = pipe(batch_size=16, class_labels={class_names[-1]!r}, guidance_scale={DEFAULT_GUIDANCE_SCALE}).images"
+            ]
+            if class_names
+            else []
+        ),
         "```",
         "",
-        f"or from the shell: `ddpm-hub sample {repo} --num-images 16 --out grid.png`.",
+        f"or from the shell: `ddpm-hub sample {repo} --num-images 16 --out grid.png"
+        + (f" --class {class_names[-1]}" if class_names else "")
+        + "`.",
         "",
         "The repo is a diffusers pipeline folder (`model_index.json`, `unet/`, `scheduler/`, safetensors "
         "weights); `load_pipeline` downloads only safetensors, json, md and png files.",
@@ -263,8 +286,9 @@ def write_model_card(
         "## Sampling",
         "",
         f"- default sampler: `ddpm`, ancestral sampling with the posterior variance over all {T} steps",
-        "- faster: `sde-dpm-solver++` (20 steps, stochastic like the seed's loop, x0 thresholded), "
-        "`dpm-solver++` (20 steps, deterministic) and `ddim` (50 steps, x0 clipped to [-1, 1])",
+        f"- faster: `sde-dpm-solver++` ({steps('sde-dpm-solver++')} steps, stochastic like the seed's loop, x0 "
+        f"thresholded), `dpm-solver++` ({steps('dpm-solver++')} steps, deterministic) and `ddim` "
+        f"({steps('ddim')} steps, x0 clipped to [-1, 1])",
         "",
         "## Training",
         "",
@@ -306,7 +330,7 @@ def write_model_card(
         ]
         lines += ["| | |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in rows if v is not None]
-        lines += ["", "Objective: the noise-prediction MSE of the DDPM paper, on images scaled to [-1, 1]."]
+        lines += ["", f"Objective: {objective}, on images scaled to [-1, 1]."]
     else:
         lines += [
             "No training record (train_info.json) came with this pipeline. What the files say:",
@@ -362,9 +386,6 @@ def check_push_settings(repo_id: str | None, push: bool = True) -> None:
     Training calls this before it starts when ``push_to_hub`` is on, so that a missing login fails in
     seconds instead of after hours of training. Nothing goes over the network.
     """
-    from huggingface_hub import get_token
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     if repo_id is None:
         raise ValueError("push_to_hub needs hub_repo_id, the Hub repo to push to (NAMESPACE/NAME)")
     try:
@@ -402,11 +423,6 @@ def push(
     deleted, so that the repo holds exactly the pushed weights. Returns huggingface_hub's ``CommitInfo``
     (``.oid`` is the commit sha, loadable later with ``load_pipeline(repo_id, revision=sha)``).
     """
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
-    from .pipeline import check_pipeline_folder
-
     check_push_settings(repo_id, push=False)
     pipeline_dir, run_dir = resolve_run(run_or_pipeline_dir)
     index = check_pipeline_folder(pipeline_dir)
@@ -440,8 +456,6 @@ def push(
 
 
 def _push_error(exc, repo_id: str, token: str | None) -> HubPushError:
-    from huggingface_hub import constants, get_token
-
     status = exc.response.status_code if exc.response is not None else None
     login = "log in with `hf auth login`, set HF_TOKEN, or pass a token (--token)"
     if status == 401:
@@ -454,187 +468,3 @@ def _push_error(exc, repo_id: str, token: str | None) -> HubPushError:
             f"organization you can write to, or use a token with write access ({exc})"
         )
     return HubPushError(f"pushing to {repo_id} failed: {exc}")
-
-
-# --------------------------------------------------------------------------------------------------
-# Pull
-# --------------------------------------------------------------------------------------------------
-
-
-def is_repo_id(name: str) -> bool:
-    """Whether ``name`` is a valid Hub repo id (NS/NAME or NAME)."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
-def check_repo_files(files: list[str], repo_id: str, revision: str | None = None) -> None:
-    """Refuse a Hub repo from its file list, before downloading: not a pipeline, or pickle-only weights."""
-    at = f"Hub repo {repo_id}" + (f" at revision {revision}" if revision else "")
-    if "model_index.json" not in files:
-        raise HubLoadError(
-            f"{at} is not a diffusers pipeline: it has no model_index.json (its files: "
-            f"{', '.join(sorted(files)[:12])}). Push a pipeline folder with `ddpm-hub push` or "
-            "`DDPMHubPipeline.push_to_hub`",
-            "incomplete",
-            repo_id,
-            revision,
-        )
-    unet = [f for f in files if f.startswith("unet/")]
-    if not any(f.endswith(".safetensors") for f in unet):
-        pickles = [f for f in unet if f.endswith(PICKLE_SUFFIXES)]
-        if pickles:
-            raise HubLoadError(
-                f"{at} holds its unet weights only as pickle files ({', '.join(pickles)}); ddpm-hub loads "
-                "safetensors only, since unpickling a downloaded file can run arbitrary code, and did not "
-                "download them. Ask the author to add safetensors weights, or convert them yourself where you "
-                "trust the file (load it, then save_pretrained(..., safe_serialization=True))",
-                "pickle_only",
-                repo_id,
-                revision,
-            )
-        raise HubLoadError(
-            f"{at} is an incomplete pipeline: unet/ has no .safetensors weights",
-            "incomplete",
-            repo_id,
-            revision,
-        )
-
-
-def _hub_error(
-    exc: Exception,
-    repo_id: str,
-    revision: str | None,
-    token: str | bool | None,
-    cache_dir: str | Path | None = None,
-) -> HubLoadError:
-    """A HubLoadError with a message that says what happened and what to do."""
-    from huggingface_hub import constants, get_token
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    endpoint = constants.ENDPOINT
-    at = f"Hub repo {repo_id}" + (f" (revision {revision})" if revision else "")
-    logged_in = bool(token) if token is not None else get_token() is not None
-    login = "log in with `hf auth login`, set HF_TOKEN, or pass token="
-    if isinstance(exc, GatedRepoError):
-        return HubLoadError(
-            f"{at} is gated: request access on {endpoint}/{repo_id}, then {login}",
-            "authentication",
-            repo_id,
-            revision,
-        )
-    if isinstance(exc, RepositoryNotFoundError):
-        if not logged_in:
-            return HubLoadError(
-                f"{at} was not found on {endpoint}, or it is private and needs authentication: you are not "
-                f"logged in. Check the repo id (NAMESPACE/NAME), or {login}",
-                "authentication",
-                repo_id,
-                revision,
-            )
-        return HubLoadError(
-            f"{at} was not found on {endpoint}: check the repo id (NAMESPACE/NAME). If it is private, make sure "
-            "your token can read it",
-            "repo_not_found",
-            repo_id,
-            revision,
-        )
-    if isinstance(exc, RevisionNotFoundError):
-        return HubLoadError(
-            f"Hub repo {repo_id} has no revision {revision!r}: give an existing branch, tag or commit sha "
-            f"(see {endpoint}/{repo_id}/tree/main), or leave revision out for main",
-            "revision_not_found",
-            repo_id,
-            revision,
-        )
-    if isinstance(exc, LocalEntryNotFoundError):
-        offline = constants.HF_HUB_OFFLINE
-        cause = exc.__cause__
-        why = (
-            "offline mode is on (HF_HUB_OFFLINE=1)"
-            if offline
-            else f"the Hub ({endpoint}) cannot be reached"
-            + (f" ({type(cause).__name__}: {str(cause).splitlines()[0]})" if cause is not None else "")
-        )
-        return HubLoadError(
-            f"{at} is not in the local cache ({cache_dir or constants.HF_HUB_CACHE}) and {why}. Download it once "
-            "while online"
-            + (", or unset HF_HUB_OFFLINE" if offline else ", or check your connection")
-            + "; a local pipeline folder also works",
-            "offline_not_cached",
-            repo_id,
-            revision,
-        )
-    if (
-        isinstance(exc, HfHubHTTPError)
-        and exc.response is not None
-        and exc.response.status_code in (401, 403)
-    ):
-        return HubLoadError(
-            f"{at}: the Hub refused the token ({exc.response.status_code}): {login} with a "
-            "valid token that can read the repo",
-            "authentication",
-            repo_id,
-            revision,
-        )
-    return HubLoadError(f"{at} could not be loaded: {exc}", "http", repo_id, revision)
-
-
-def _transport_errors() -> tuple[type[Exception], ...]:
-    """The connection errors of the HTTP client huggingface_hub uses (httpx2 in 2.x, httpx in 1.x)."""
-    errors: list[type[Exception]] = [ConnectionError, TimeoutError]
-    for module in ("httpx2", "httpx"):
-        with contextlib.suppress(ImportError, AttributeError):
-            errors.append(__import__(module).TransportError)
-    return tuple(errors)
-
-
-def download_pipeline(
-    repo_id: str,
-    revision: str | None = None,
-    token: str | bool | None = None,
-    cache_dir: str | Path | None = None,
-) -> Path:
-    """Download a pipeline repo into the Hugging Face cache (safetensors/json/md/png only); return its folder.
-
-    Online, the repo's file list is checked first (:func:`check_repo_files`); offline
-    (``HF_HUB_OFFLINE=1``) or with the Hub unreachable, the cached snapshot is used.
-    """
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        try:
-            info = HfApi().model_info(repo_id, revision=revision, token=token)
-        except (OfflineModeIsEnabled, *_transport_errors()):
-            info = None  # offline: snapshot_download looks in the cache
-        except (RepositoryNotFoundError, RevisionNotFoundError):
-            raise
-        except HfHubHTTPError as exc:
-            if exc.response is not None and exc.response.status_code in (401, 403):
-                raise
-            info = None  # the Hub is in trouble (5xx ...): snapshot_download falls back to the cache
-        if info is not None:
-            check_repo_files([s.rfilename for s in info.siblings or []], repo_id, revision)
-        folder = snapshot_download(
-            repo_id, revision=revision, allow_patterns=PULL_PATTERNS, token=token, cache_dir=cache_dir
-        )
-    except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
-        raise _hub_error(exc, repo_id, revision, token, cache_dir) from exc
-    return Path(folder)

@@ -1,4 +1,4 @@
-"""DDPMHubPipeline and load_pipeline (seed: "3. IMAGE GENERATION (Reverse Process)").
+"""DDPMHubPipeline (seed: "3. IMAGE GENERATION (Reverse Process)"); ``ddpm_hub.loading`` loads it.
 
 The pipeline is a diffusers ``DiffusionPipeline`` with two components, ``unet`` (any registered
 backbone, or diffusers' ``UNet2DModel``) and ``scheduler`` (the training scheduler, or any diffusers
@@ -8,8 +8,7 @@ scheduler). It saves as a diffusers pipeline folder: ``model_index.json``, ``une
 
 from __future__ import annotations
 
-import importlib
-import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,11 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
+
+from .conditioning import DEFAULT_GUIDANCE_SCALE, guide, label_ids, num_classes_of
+from .plugins import backbone_name_of, distribution_of, get_schedules
+from .samplers import make_sampler, resolve_steps
+from .scheduler import original_sample
 
 #: the type of ``callback_on_step_end``: (pipeline, step index, timestep, tensors) -> optional new tensors
 StepCallback = Callable[
@@ -27,18 +31,54 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 
 
 class DDPMHubPipeline(DiffusionPipeline):
-    """Unconditional image generation by the seed's reverse loop.
+    """Image generation by the seed's reverse loop; class-conditional with classifier-free guidance when the
+    backbone was trained on labels (``unet.config.num_class_embeds``).
 
     Args:
         unet: the noise-predicting backbone (``config.sample_size``, ``config.in_channels``).
         scheduler: the scheduler it was trained with; ``sampler=`` in ``__call__`` picks another one.
+        class_names: the name of each class of a class-conditional ``unet`` (saved in model_index.json, as
+            DiTPipeline saves ``id2label``); default ``"0"``, ``"1"``, ...
     """
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, scheduler):
+    def __init__(self, unet, scheduler, class_names: list[str] | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        n = num_classes_of(unet)
+        if class_names is not None:
+            if n is None:
+                raise ValueError(
+                    "class_names were given, but the unet is unconditional (no num_class_embeds)"
+                )
+            if len(class_names) != n:
+                raise ValueError(f"{len(class_names)} class_names for a unet with {n} classes")
+            # only for conditional models, so that an unconditional model_index.json stays as it was
+            self.register_to_config(class_names=[str(c) for c in class_names])
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes of a class-conditional model; None for an unconditional one."""
+        return num_classes_of(self.unet)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The class names (index = class id) of a class-conditional model; None for an unconditional one."""
+        n = self.num_classes
+        if n is None:
+            return None
+        names = self.config.get("class_names")
+        return list(names) if names else [str(i) for i in range(n)]
+
+    def get_label_ids(self, label: int | str | list[int | str]) -> list[int]:
+        """Class ids for class names or ids (diffusers' DiTPipeline has the same method for names)."""
+        if self.num_classes is None:
+            raise ValueError(
+                "this model is unconditional (its unet has no num_class_embeds), so it takes no class_labels; "
+                "load a class-conditional model, or leave class_labels out"
+            )
+        return label_ids(label, self.class_names, self.num_classes)
 
     def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
         """``DiffusionPipeline.save_pretrained``, recording in model_index.json what the pipeline needs.
@@ -60,28 +100,11 @@ class DDPMHubPipeline(DiffusionPipeline):
 
     def make_sampler(self, name: str):
         """The registered sampler ``name`` (``ddpm``, ``ddim``, ``dpm-solver++``, ...) with this model's betas."""
-        from .samplers import make_sampler
-
         return make_sampler(name, self.scheduler)
-
-    @staticmethod
-    def predict_original_sample(
-        scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor
-    ) -> torch.Tensor:
-        """x_0 implied by the model output at ``timestep`` (for schedulers whose step does not return it)."""
-        alpha_bar = torch.as_tensor(scheduler.alphas_cumprod)[int(timestep)].to(sample.device, sample.dtype)
-        prediction_type = scheduler.config.get("prediction_type", "epsilon")
-        if prediction_type == "sample":
-            return model_output
-        if prediction_type == "v_prediction":
-            return alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * model_output
-        return (sample - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()
 
     def _resolve_steps(self, sampler: str | None, scheduler, steps: Any) -> int:
         """The sampler's steps from its registry entry; for ``sampler=None`` the pipeline's own scheduler,
         checked as the ``ddpm`` sampler when it is a DDPM scheduler."""
-        from .samplers import resolve_steps
-
         T = int(scheduler.config.num_train_timesteps)
         if sampler is not None:
             return resolve_steps(sampler, steps, T)
@@ -103,11 +126,14 @@ class DDPMHubPipeline(DiffusionPipeline):
         return_dict: bool = True,
         sampler: str | None = None,
         callback_on_step_end: StepCallback | None = None,
+        class_labels: int | str | list[int | str] | None = None,
+        guidance_scale: float | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate ``batch_size`` images from pure noise.
 
         Args:
-            batch_size: number of images.
+            batch_size: number of images; with a list of ``class_labels``, one image per label (then
+                ``batch_size`` may be left at 1 or must equal the list's length).
             generator: a ``torch.Generator`` (or one per image) for reproducible images. With the same
                 generator seed, unet and scheduler this gives the same images as diffusers' ``DDPMPipeline``.
             num_inference_steps: reverse steps; default all T for DDPM, the sampler's default otherwise.
@@ -118,11 +144,42 @@ class DDPMHubPipeline(DiffusionPipeline):
             callback_on_step_end: called after every step as ``callback(pipe, i, t, tensors)`` with
                 ``tensors = {"sample": x_{t-1}, "pred_original_sample": predicted x_0}``; a returned dict
                 may replace ``"sample"``.
+            class_labels: class-conditional models only: a class id or name for every image, or a list of ids
+                or names (one per image), as in diffusers' DiTPipeline; None: the null class (any class).
+            guidance_scale: classifier-free guidance weight s, ``uncond + s * (cond - uncond)``; 1 is the plain
+                conditional model; default ``ddpm_hub.conditioning.DEFAULT_GUIDANCE_SCALE``.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not supported; use one of {OUTPUT_TYPES}")
+        labels = None
+        if class_labels is not None:
+            ids = self.get_label_ids(class_labels)
+            if isinstance(class_labels, (int, str)):
+                ids = ids * batch_size
+            elif batch_size not in (1, len(ids)):
+                raise ValueError(
+                    f"{len(ids)} class_labels for batch_size={batch_size}; give one label per image"
+                )
+            batch_size = len(ids)
+            labels = torch.tensor(ids, device=self.device)
+        if guidance_scale is None:
+            guidance_scale = DEFAULT_GUIDANCE_SCALE
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+            raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}")
+        if not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(
+                f"guidance_scale must be a finite number >= 0 (1: no guidance), got {guidance_scale}"
+            )
+        # Guidance needs the null-class output beside the conditional one: both in one batched forward.
+        guided = labels is not None and guidance_scale != 1
+        if guided:
+            null = torch.full_like(labels, self.num_classes)
+            forward_labels = torch.cat([labels, null])
+        else:
+            forward_labels = labels
+        unet_kwargs = {} if forward_labels is None else {"class_labels": forward_labels}
         scheduler = self.scheduler if sampler is None else self.make_sampler(sampler)
         num_inference_steps = self._resolve_steps(sampler, scheduler, num_inference_steps)
 
@@ -135,15 +192,20 @@ class DDPMHubPipeline(DiffusionPipeline):
 
         # Seed, "Reverse loop": for ts in range(0, T)[::-1]
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
-            model_output = self.unet(scheduler.scale_model_input(image, t), t)
+            model_input = scheduler.scale_model_input(image, t)
+            if guided:
+                model_input = torch.cat([model_input, model_input])
+            model_output = self.unet(model_input, t, **unet_kwargs)
             if i == 0:
-                check_backbone_output(self.unet, model_output, image)
+                check_backbone_output(self.unet, model_output, model_input)
             model_output = model_output.sample
+            if guided:
+                model_output = guide(model_output, guidance_scale)
             out = scheduler.step(model_output, t, image, generator=generator)
             if callback_on_step_end is not None:
                 x0 = getattr(out, "pred_original_sample", None)
                 if x0 is None:
-                    x0 = self.predict_original_sample(scheduler, model_output, t, image)
+                    x0 = original_sample(scheduler, model_output, t, image)
                 result = callback_on_step_end(
                     self, i, int(t), {"sample": out.prev_sample, "pred_original_sample": x0}
                 )
@@ -183,19 +245,6 @@ def check_backbone_output(unet: Any, output: Any, sample: torch.Tensor) -> None:
         )
 
 
-def _pipeline_folder(path: Path) -> Path:
-    """The pipeline folder in ``path``: the folder itself, or a training run's ``pipeline/``."""
-    if (path / "model_index.json").is_file():
-        return path
-    if (path / "pipeline" / "model_index.json").is_file():
-        return path / "pipeline"
-    raise FileNotFoundError(
-        f"{path} is not a pipeline folder: it has no model_index.json (nor pipeline/model_index.json, as a "
-        "training run folder has). Point to the folder that `DDPMHubPipeline.save_pretrained` or "
-        "`ddpm-hub train` wrote"
-    )
-
-
 def pipeline_requirements(unet: Any, scheduler: Any) -> dict[str, dict[str, Any]]:
     """What ``_ddpm_hub_requires`` records: for ``unet`` and ``scheduler``, the providing distribution and version.
 
@@ -204,8 +253,6 @@ def pipeline_requirements(unet: Any, scheduler: Any) -> dict[str, dict[str, Any]
     whose betas come from a named schedule, the distribution of that schedule (``beta_schedule``); otherwise
     the distribution of the scheduler class.
     """
-    from .plugins import backbone_name_of, distribution_of, get_schedules
-
     requires: dict[str, dict[str, Any]] = {}
     cls = type(unet)
     entry = backbone_name_of(cls)
@@ -234,155 +281,3 @@ def pipeline_requirements(unet: Any, scheduler: Any) -> dict[str, dict[str, Any]
     elif (found := distribution_of(type(scheduler))) is not None:
         requires["scheduler"] = {"distribution": found[0], "version": found[1]}
     return requires
-
-
-def _missing_plugin_message(what: str, requirement: dict[str, Any], fallback: str) -> str:
-    """The sentence that says which distribution to install (or allow) for ``what``."""
-    import importlib.metadata
-
-    from .plugins import unavailable_reason
-
-    dist = requirement.get("distribution") or fallback
-    version = requirement.get("version")
-    saved = f" (saved with version {version})" if version else ""
-    try:
-        importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        pin = f"=={version}" if version else ""
-        return f"{what} is provided by the distribution {dist!r}{saved}, which is not installed: pip install {dist}{pin}"
-    reason = unavailable_reason(dist)  # left out by DDPM_HUB_LOAD_PLUGINS, or disabled
-    if reason:
-        return f"{what} is provided by the distribution {dist!r}{saved}, which is installed but {reason}"
-    return (
-        f"{what} is provided by the distribution {dist!r}{saved}, which is installed but does not provide it; "
-        f"upgrade it: pip install -U {dist}"
-    )
-
-
-def check_pipeline_folder(folder: Path) -> dict[str, Any]:
-    """Check that a pipeline folder is complete and loadable safely; return its model_index.json.
-
-    Raises a clear error when a component folder or its safetensors weights are missing, when the weights
-    exist only as pickle files (never loaded), or when a component's library or the scheduler's
-    ``beta_schedule`` (a plugin) is not installed or not loaded (``MissingPluginError``, naming the
-    distribution recorded in ``_ddpm_hub_requires``).
-    """
-    from .plugins import MissingPluginError, distribution_of, get_schedules, unavailable_reason
-
-    index = json.loads((folder / "model_index.json").read_text())
-    requires = index.get("_ddpm_hub_requires") or {}
-    for name in ("unet", "scheduler"):
-        if name not in index:
-            raise ValueError(
-                f"{folder / 'model_index.json'} has no {name!r} component; this is not a DDPM pipeline"
-            )
-        library, class_name = index[name]
-        what = f"this checkpoint's {name} ({library}.{class_name})"
-        try:
-            module = importlib.import_module(library)
-        except ImportError as exc:
-            message = _missing_plugin_message(
-                what, requires.get(name, {}), library.split(".")[0].replace("_", "-")
-            )
-            raise MissingPluginError(message, name=library) from exc
-        if not hasattr(module, class_name):
-            raise MissingPluginError(
-                f"this checkpoint's {name} is {library}.{class_name}, but the installed {library} has no "
-                f"{class_name}; upgrade it"
-            )
-        # importable is not enough: a plugin that DDPM_HUB_LOAD_PLUGINS leaves out, or a disabled one, is not used
-        dist = requires.get(name, {}).get("distribution") or (distribution_of(module) or (None,))[0]
-        if dist and unavailable_reason(dist):
-            raise MissingPluginError(_missing_plugin_message(what, requires.get(name, {}), dist))
-        component = folder / name
-        if not component.is_dir():
-            raise FileNotFoundError(f"incomplete pipeline folder {folder}: the {name}/ folder is missing")
-    unet = folder / "unet"
-    if not (unet / "config.json").is_file():
-        raise FileNotFoundError(f"incomplete pipeline folder {folder}: unet/config.json is missing")
-    if not list(unet.glob("*.safetensors")):
-        pickles = [p.name for p in unet.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
-        if pickles:
-            raise ValueError(
-                f"{unet} holds weights only as pickle files ({', '.join(pickles)}); ddpm-hub loads safetensors only, "
-                "since unpickling a downloaded file can run arbitrary code. Convert them where you trust the file "
-                "(load it, then save_pretrained(..., safe_serialization=True))"
-            )
-        raise FileNotFoundError(f"incomplete pipeline folder {folder}: unet/ has no .safetensors weights")
-    scheduler_config = folder / "scheduler" / "scheduler_config.json"
-    if not scheduler_config.is_file():
-        raise FileNotFoundError(
-            f"incomplete pipeline folder {folder}: scheduler/scheduler_config.json is missing"
-        )
-    if index["scheduler"][1] == "DDPMHubScheduler":
-        config = json.loads(scheduler_config.read_text())
-        schedule = config.get("beta_schedule", "linear")
-        if config.get("trained_betas") is None and schedule not in get_schedules():
-            requirement = requires.get("scheduler", {})
-            if requirement.get("beta_schedule") not in (None, schedule):
-                requirement = {}
-            fallback = "the plugin that registers it (see `ddpm-hub plugins --all`)"
-            if requirement:
-                message = _missing_plugin_message(
-                    f"this checkpoint's beta_schedule {schedule!r}", requirement, ""
-                )
-            else:
-                message = (
-                    f"this checkpoint's beta_schedule {schedule!r} is not registered; install {fallback}"
-                )
-            raise MissingPluginError(message)
-    return index
-
-
-def load_pipeline(
-    repo_id_or_path: str | Path,
-    revision: str | None = None,
-    token: str | bool | None = None,
-    cache_dir: str | Path | None = None,
-    **kwargs: Any,
-) -> DDPMHubPipeline:
-    """Load a pipeline from a local folder (a pipeline folder or a training run folder) or a Hub repo.
-
-    A local folder wins; otherwise ``repo_id_or_path`` is a Hub repo id (``NAMESPACE/NAME``), downloaded
-    into the Hugging Face cache, safetensors/json/md/png files only (``revision``: a branch, tag or commit
-    sha; ``token``: for private repos, default the logged-in token). With ``HF_HUB_OFFLINE=1`` it loads
-    from the cache. A repo that holds only pickle weights is refused before anything is downloaded.
-    Loads ddpm-hub checkpoints and stock diffusers DDPM checkpoints (``UNet2DModel`` + ``DDPMScheduler``)
-    alike. ``kwargs`` go to ``DiffusionPipeline.from_pretrained`` (``torch_dtype`` ...).
-
-    Raises:
-        FileNotFoundError: a local path that does not exist, or a folder that is not a pipeline folder.
-        ValueError: a string that is neither an existing folder nor a valid Hub repo id.
-        ddpm_hub.hub.HubLoadError: the Hub repo could not be loaded; ``.reason`` is one of
-            ``repo_not_found``, ``revision_not_found``, ``authentication``, ``offline_not_cached``,
-            ``pickle_only``, ``incomplete``, ``http``.
-    """
-    from .plugins import load_plugins
-
-    load_plugins()
-    path = Path(repo_id_or_path).expanduser()
-    if path.is_dir():
-        folder = _pipeline_folder(path)
-        check_pipeline_folder(folder)
-    else:
-        from . import hub
-
-        name = str(repo_id_or_path)
-        if isinstance(repo_id_or_path, Path) or name.startswith((".", "/", "~", "\\")) or path.exists():
-            raise FileNotFoundError(f"no pipeline folder at {path}")
-        if not hub.is_repo_id(name):
-            raise ValueError(
-                f"{name!r} is neither an existing local folder nor a valid Hub repo id: give a pipeline folder, a "
-                "training run folder, or a Hub repo id such as NAMESPACE/NAME (letters, digits, '-', '_', '.')"
-            )
-        folder = hub.download_pipeline(name, revision=revision, token=token, cache_dir=cache_dir)
-        try:
-            check_pipeline_folder(folder)
-        except FileNotFoundError as exc:
-            raise hub.HubLoadError(
-                f"Hub repo {name}{f' (revision {revision})' if revision else ''} is not a complete pipeline: {exc}",
-                "incomplete",
-                name,
-                revision,
-            ) from exc
-    return DDPMHubPipeline.from_pretrained(folder, use_safetensors=True, **kwargs)

@@ -5,12 +5,19 @@ Seed sections: "Derived Variables" (alpha, alpha_bar, sqrt_alpha_bar, sqrt_one_m
 the mean, eq. 7 for the posterior variance). Config keys are named as in diffusers' ``DDPMScheduler``, so
 ``DDIMScheduler.from_config(s.config)`` and ``DDPMScheduler.from_config(s.config)`` work.
 
+The scheduler is the one owner of the method's maths (as diffusers' schedulers and lucidrains'
+``GaussianDiffusion`` are): noising (``add_noise``), the training target of each ``prediction_type``
+(``get_target``), the min-SNR loss weights (``loss_weights``), and x_0 or the noise implied by a model
+output (``predict_original_sample``, ``predict_noise``). The training loop, the pipeline, the model card and
+the Space call these. A new prediction type is one more entry of :data:`PREDICTION_TYPES`.
+
 The schedule tables are float64 tensors held by the scheduler (never by the model, so an EMA of the
 model never averages them); they are cast to the sample's dtype and device where used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,9 +26,78 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .schedules import check_betas, default_beta_range
+from .plugins import schedule_betas
+from .schedules import DEFAULT_NUM_TRAIN_TIMESTEPS, check_betas, default_beta_range
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class PredictionType:
+    """What a model trained with one ``prediction_type`` outputs, in terms of x_t = a x_0 + s noise.
+
+    ``a = sqrt(alpha_bar_t)``, ``s = sqrt(1 - alpha_bar_t)`` (broadcast per sample), ``snr = a^2 / s^2``.
+    """
+
+    #: what the model predicts, for the model card: "the MSE of the predicted {description}"
+    description: str
+    #: (x_0, noise, a, s) -> the training target
+    target: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+    #: (model_output, x_t, a, s) -> the x_0 it implies
+    original_sample: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+    #: (model_output, x_t, a, s) -> the noise it implies
+    noise: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+    #: snr -> the SNR of the target; the min-SNR-gamma weight is min(snr, gamma) / target_snr(snr)
+    target_snr: Callable[[Tensor], Tensor]
+
+
+#: every supported ``prediction_type``
+PREDICTION_TYPES: dict[str, PredictionType] = {
+    # the seed (Ho et al. 2020): the model predicts the added noise
+    "epsilon": PredictionType(
+        description="added noise (the DDPM paper's objective)",
+        target=lambda x0, noise, a, s: noise,
+        original_sample=lambda out, x, a, s: (x - s * out) / a,
+        noise=lambda out, x, a, s: out,
+        target_snr=lambda snr: snr,
+    ),
+    # Salimans & Ho 2022: v = a * noise - s * x_0
+    "v_prediction": PredictionType(
+        description="velocity v = sqrt(alpha_bar) * noise - sqrt(1 - alpha_bar) * x_0 (v-prediction)",
+        target=lambda x0, noise, a, s: a * noise - s * x0,
+        original_sample=lambda out, x, a, s: a * x - s * out,
+        noise=lambda out, x, a, s: a * out + s * x,
+        target_snr=lambda snr: snr + 1,
+    ),
+    # the model predicts the clean image itself
+    "sample": PredictionType(
+        description="clean image x_0",
+        target=lambda x0, noise, a, s: x0,
+        original_sample=lambda out, x, a, s: out,
+        noise=lambda out, x, a, s: (x - a * out) / s,
+        target_snr=lambda snr: torch.ones_like(snr),
+    ),
+}
+
+
+def prediction_type_of(config) -> PredictionType:
+    """The :class:`PredictionType` of a scheduler config (diffusers' default ``epsilon`` when it has none)."""
+    name = config.get("prediction_type", "epsilon")
+    if name not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type {name!r} is not supported; use one of {tuple(PREDICTION_TYPES)}")
+    return PREDICTION_TYPES[name]
+
+
+def original_sample(scheduler, model_output: Tensor, timestep, sample: Tensor) -> Tensor:
+    """x_0 implied by ``model_output`` at ``timestep``, for any diffusers scheduler with ``alphas_cumprod``.
+
+    For samplers whose ``step`` does not return it (DPM-Solver++); model_output and sample (B, C, H, W).
+    """
+    alpha_bar = torch.as_tensor(scheduler.alphas_cumprod)[int(timestep)].to(sample.device, sample.dtype)
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    return prediction_type_of(scheduler.config).original_sample(model_output, sample, a, s)
+
+
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
@@ -66,7 +142,7 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(
         self,
-        num_train_timesteps: int = 512,
+        num_train_timesteps: int = DEFAULT_NUM_TRAIN_TIMESTEPS,
         beta_start: float | None = None,
         beta_end: float | None = None,
         beta_schedule: str = "linear",
@@ -82,7 +158,7 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"num_train_timesteps must be an integer >= 1, got {num_train_timesteps!r}")
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(
-                f"prediction_type {prediction_type!r} is not supported; use one of {PREDICTION_TYPES}"
+                f"prediction_type {prediction_type!r} is not supported; use one of {tuple(PREDICTION_TYPES)}"
             )
         if variance_type != "fixed_small":
             raise ValueError(
@@ -101,8 +177,6 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
                     f"trained_betas has {betas.numel()} values but num_train_timesteps is {num_train_timesteps}"
                 )
         else:
-            from .plugins import schedule_betas
-
             if beta_schedule == "linear" and (beta_start is None or beta_end is None):
                 default_start, default_end = default_beta_range(num_train_timesteps)
                 beta_start = default_start if beta_start is None else beta_start
@@ -122,14 +196,15 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
         # Ho et al. eq. 7: beta_tilde_t = beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)
         self.posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
 
-        # Every value of this config is meaningful to other schedulers built from it (T=512 and the
+        # Every value of this config is meaningful to other schedulers built from it (the default T and the
         # T-scaled betas differ from diffusers' defaults), so none may be dropped as "a default was used".
         self.register_to_config(_use_default_values=[])
 
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.long)
-        self._table_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        # (device, dtype) -> (sqrt_alpha_bar, sqrt_one_minus_alpha_bar, alpha_bar), see _tables
+        self._table_cache: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
 
     # The seed's names, for readers following it line by line.
     alpha = property(lambda self: self.alphas)
@@ -191,56 +266,99 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
         later = (self.timesteps < int(timestep)).nonzero()
         return int(self.timesteps[later[0, 0]]) if len(later) else -1
 
-    def _check_timesteps(self, timesteps: torch.Tensor) -> None:
+    def _check_timesteps(self, timesteps: Tensor) -> None:
+        """Refuse timesteps outside [0, T-1] (a negative index would silently wrap around).
+
+        On an accelerator the check is a device-side assertion, so that the training loop, which calls
+        ``add_noise`` every step, never waits for the device to read a result back.
+        """
         T = self.config.num_train_timesteps
+        if timesteps.device.type != "cpu":
+            torch._assert_async(((timesteps >= 0) & (timesteps < T)).all())
+            return
         if timesteps.numel() and (timesteps.min() < 0 or timesteps.max() >= T):
             raise ValueError(
                 f"timesteps must be in [0, {T - 1}] (num_train_timesteps={T}); got values in "
                 f"[{int(timesteps.min())}, {int(timesteps.max())}]"
             )
 
-    def _tables(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """sqrt_alpha_bar and sqrt_one_minus_alpha_bar on ``device`` in ``dtype`` (cached for the training loop)."""
-        key = (device, dtype)
+    def _tables(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """(sqrt_alpha_bar, sqrt_one_minus_alpha_bar, alpha_bar) on ``device`` in ``dtype``.
+
+        Cast from the float64 tables once per (device, dtype) and kept, so that ``add_noise``,
+        ``get_target`` and ``loss_weights``, called at every training step, index a ready table.
+        """
+        key = (torch.device(device), dtype)
         if key not in self._table_cache:
             self._table_cache[key] = (
                 self.sqrt_alphas_cumprod.to(device=device, dtype=dtype),
                 self.sqrt_one_minus_alphas_cumprod.to(device=device, dtype=dtype),
+                self.alphas_cumprod.to(device=device, dtype=dtype),
             )
         return self._table_cache[key]
 
-    @staticmethod
-    def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Reshape a (B,) tensor to (B, 1, 1, ...) to broadcast over a sample like ``like``."""
-        return values.reshape(-1, *([1] * (like.ndim - 1)))
+    def _coefficients(self, timesteps, like: Tensor) -> tuple[Tensor, Tensor]:
+        """(sqrt_alpha_bar[t], sqrt_one_minus_alpha_bar[t]) shaped (B, 1, 1, ...) to broadcast over ``like``."""
+        timesteps = torch.as_tensor(timesteps, device=like.device).long()
+        self._check_timesteps(timesteps)
+        sqrt_alpha_bar, sqrt_one_minus_alpha_bar, _ = self._tables(like.device, like.dtype)
+        shape = (-1, *([1] * (like.ndim - 1)))
+        return sqrt_alpha_bar[timesteps].reshape(shape), sqrt_one_minus_alpha_bar[timesteps].reshape(shape)
 
-    def add_noise(
-        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-    ) -> torch.Tensor:
+    @property
+    def prediction(self) -> PredictionType:
+        """The :class:`PredictionType` of this scheduler's ``prediction_type``."""
+        return PREDICTION_TYPES[self.config.prediction_type]
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """The forward process q(x_t | x_0) (Ho et al. eq. 4; seed: "Add noise to images").
 
         ``x_t = sqrt_alpha_bar[t] * x_0 + sqrt_one_minus_alpha_bar[t] * noise``; x_0 and noise (B, C, H, W),
         timesteps (B,) or a scalar.
         """
-        timesteps = torch.as_tensor(timesteps, device=original_samples.device).long()
-        self._check_timesteps(timesteps)
-        sqrt_alpha_bar, sqrt_one_minus_alpha_bar = self._tables(
-            original_samples.device, original_samples.dtype
-        )
-        a = self._per_sample(sqrt_alpha_bar[timesteps].reshape(-1), original_samples)
-        s = self._per_sample(sqrt_one_minus_alpha_bar[timesteps].reshape(-1), original_samples)
+        a, s = self._coefficients(timesteps, original_samples)
         return a * original_samples + s * noise
 
-    def get_velocity(
-        self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-    ) -> torch.Tensor:
+    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """The v-prediction target ``v = sqrt_alpha_bar * noise - sqrt_one_minus_alpha_bar * x_0``."""
-        timesteps = torch.as_tensor(timesteps, device=sample.device).long()
+        a, s = self._coefficients(timesteps, sample)
+        return PREDICTION_TYPES["v_prediction"].target(sample, noise, a, s)
+
+    def get_target(self, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """What the model is trained to output for x_0 = ``sample`` noised with ``noise`` at ``timesteps``.
+
+        ``epsilon``: the noise (the seed's ``F.mse_loss(noise, model(x_noisy, t))``); ``v_prediction``: the
+        velocity (``get_velocity``); ``sample``: x_0. Shapes (B, C, H, W); timesteps (B,).
+        """
+        a, s = self._coefficients(timesteps, sample)
+        return self.prediction.target(sample, noise, a, s)
+
+    def snr(self, timesteps: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The signal-to-noise ratio ``alpha_bar_t / (1 - alpha_bar_t)`` of each timestep, shape (B,)."""
+        timesteps = torch.as_tensor(timesteps).long()
         self._check_timesteps(timesteps)
-        sqrt_alpha_bar, sqrt_one_minus_alpha_bar = self._tables(sample.device, sample.dtype)
-        a = self._per_sample(sqrt_alpha_bar[timesteps].reshape(-1), sample)
-        s = self._per_sample(sqrt_one_minus_alpha_bar[timesteps].reshape(-1), sample)
-        return a * noise - s * sample
+        alpha_bar = self._tables(timesteps.device, dtype)[2][timesteps]
+        return alpha_bar / (1 - alpha_bar)
+
+    def loss_weights(self, timesteps: Tensor, snr_gamma: float, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Per-sample loss weights of Min-SNR-gamma (Hang et al. 2023), shape (B,).
+
+        ``min(SNR_t, gamma) / SNR of the target``: for ``epsilon`` that is ``min(SNR, gamma) / SNR``, for
+        ``v_prediction`` ``min(SNR, gamma) / (SNR + 1)``, for ``sample`` ``min(SNR, gamma)`` (as in diffusers'
+        training scripts and lucidrains' ``GaussianDiffusion``).
+        """
+        snr = self.snr(timesteps, dtype)
+        return snr.clamp(max=snr_gamma) / self.prediction.target_snr(snr)
+
+    def predict_original_sample(self, model_output: Tensor, timesteps, sample: Tensor) -> Tensor:
+        """x_0 implied by ``model_output`` for x_t = ``sample`` at ``timesteps`` (B,) or a scalar."""
+        a, s = self._coefficients(timesteps, sample)
+        return self.prediction.original_sample(model_output, sample, a, s)
+
+    def predict_noise(self, model_output: Tensor, timesteps, sample: Tensor) -> Tensor:
+        """The noise implied by ``model_output`` for x_t = ``sample`` at ``timesteps`` (B,) or a scalar."""
+        a, s = self._coefficients(timesteps, sample)
+        return self.prediction.noise(model_output, sample, a, s)
 
     def step(
         self,
@@ -275,16 +393,11 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
         sqrt_alpha_bar_t = alpha_bar_t.sqrt().to(dtype)
         sqrt_one_minus_alpha_bar_t = (1.0 - alpha_bar_t).sqrt().to(dtype)
 
-        prediction_type = self.config.prediction_type
-        if prediction_type == "epsilon":
-            eps = model_output
-            pred_original_sample = (sample - sqrt_one_minus_alpha_bar_t * eps) / sqrt_alpha_bar_t
-        elif prediction_type == "sample":
-            pred_original_sample = model_output
-            eps = (sample - sqrt_alpha_bar_t * pred_original_sample) / sqrt_one_minus_alpha_bar_t
-        else:  # v_prediction
-            pred_original_sample = sqrt_alpha_bar_t * sample - sqrt_one_minus_alpha_bar_t * model_output
-            eps = sqrt_alpha_bar_t * model_output + sqrt_one_minus_alpha_bar_t * sample
+        prediction = self.prediction
+        pred_original_sample = prediction.original_sample(
+            model_output, sample, sqrt_alpha_bar_t, sqrt_one_minus_alpha_bar_t
+        )
+        eps = prediction.noise(model_output, sample, sqrt_alpha_bar_t, sqrt_one_minus_alpha_bar_t)
 
         if self.config.clip_sample:
             r = self.config.clip_sample_range

@@ -17,6 +17,10 @@ import torch
 
 from .hookspecs import hookimpl
 
+#: T, the number of diffusion steps, when none is given (the seed's ``n_steps = 512``); the scheduler, the
+#: training config and the schedules take their default from here
+DEFAULT_NUM_TRAIN_TIMESTEPS = 512
+
 #: Ho et al.'s range at T=1000; the default range at T is this times 1000/T.
 REFERENCE_BETA_START = 1e-4
 REFERENCE_BETA_END = 0.02
@@ -30,7 +34,9 @@ def default_beta_range(num_train_timesteps: int) -> tuple[float, float]:
 
 
 def linear(
-    num_train_timesteps: int = 512, beta_start: float | None = None, beta_end: float | None = None
+    num_train_timesteps: int = DEFAULT_NUM_TRAIN_TIMESTEPS,
+    beta_start: float | None = None,
+    beta_end: float | None = None,
 ) -> torch.Tensor:
     """The seed's schedule: ``beta = linspace(start, end, n_steps)``, in float64."""
     default_start, default_end = default_beta_range(num_train_timesteps)

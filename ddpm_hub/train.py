@@ -15,14 +15,16 @@ weights (diffusers' ``EMAModel``, warmed-up decay; the schedule tensors live in 
 model it averages), gradient clipping, learning-rate warmup, optional min-SNR weighting, a guard that stops
 on a non-finite loss, sample grids, TensorBoard, checkpoints (``accelerator.save_state``, written to a
 temporary folder and renamed, so a killed process never leaves a half-written ``latest``) and an exact
-``--resume``.
+``--resume`` that continues the run's own config and never unpickles anything from a checkpoint (see
+:func:`load_checkpoint`). Ctrl-C saves a checkpoint and prints the command that continues.
 
 Run it as ``python -m ddpm_hub.train``, ``accelerate launch -m ddpm_hub.train`` or ``ddpm-hub train``, with
 ``--config FILE`` and ``--key value`` overrides (see ``ddpm_hub.config``). It writes a run folder::
 
     OUTPUT_DIR/
       pipeline/            the final pipeline (EMA weights): ddpm_hub.load_pipeline(OUTPUT_DIR)
-      checkpoints/checkpoint-STEP/   accelerator.save_state (model, EMA, optimizer, lr, RNG, data position)
+      checkpoints/checkpoint-STEP/   accelerator.save_state (model, optimizer, lr, RNG) + EMA (safetensors)
+                                     + train_state.json (step, data position, loss history)
       samples/step-STEP.png          sample grids during training
       logs/                TensorBoard (loss, lr, sample grids)
       config.yaml  samples.png  loss.png  train_info.json
@@ -38,7 +40,10 @@ import os
 import platform
 import re
 import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +53,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, TrainConfig, config_from_argv, describe
+from .config import (
+    ConfigError,
+    TrainConfig,
+    check_resume,
+    config_from_argv,
+    describe,
+    run_config_file,
+    saved_run_config,
+)
 from .data import DataError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -93,8 +106,16 @@ def resolve_checkpoint(run_dir: str | Path, resume: str) -> Path | None:
     return path
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be resumed from (a missing, truncated or foreign file); the message names it."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C (SIGINT) stopped training; the message says what was saved and the command that resumes."""
+
+
 class TrainState:
-    """The loop's own state, saved in every checkpoint: step, data position, loss history, time spent."""
+    """The loop's own state, saved in every checkpoint as JSON: step, data position, loss history, time spent."""
 
     def __init__(self) -> None:
         self.step = 0  # optimizer steps done
@@ -107,16 +128,30 @@ class TrainState:
         return dict(vars(self))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
+        self.step = int(state["step"])
+        self.micro_step = int(state["micro_step"])
+        self.images_seen = int(state["images_seen"])
+        self.wall_time_s = float(state["wall_time_s"])
+        self.loss_history = [(int(s), float(v)) for s, v in state["loss_history"]]
 
 
-def save_checkpoint(accelerator, run_dir: Path, step: int, total_limit: int | None) -> Path:
+#: ddpm-hub's own files in a checkpoint, beside accelerate's model.safetensors, optimizer.bin, scheduler.bin and
+#: random_states_N.pkl: nothing in a checkpoint is ever unpickled (see load_checkpoint).
+TRAIN_STATE_NAME = "train_state.json"
+EMA_WEIGHTS_NAME = "ema.safetensors"
+EMA_STATE_NAME = "ema.json"
+
+
+def save_checkpoint(
+    accelerator, run_dir: Path, step: int, total_limit: int | None, state=None, ema=None, model=None
+) -> Path:
     """``accelerator.save_state`` into checkpoints/checkpoint-STEP, atomically, then prune to ``total_limit``.
 
-    Every process writes into ``.tmp-checkpoint-STEP`` (its RNG state; the main process the rest); once all
-    have finished, the main process renames the folder. SIGKILL at any moment leaves either the old set of
-    checkpoints or the new one, and a stale ``.tmp-*`` folder that the next save removes.
+    ``accelerator.save_state`` writes the model (safetensors), the optimizer and lr schedule and each process's
+    RNG state; the main process adds ``state`` (TrainState) as JSON and ``ema`` (the EMA weights of
+    ``model``'s parameters) as safetensors plus JSON. Every process writes into ``.tmp-checkpoint-STEP``;
+    once all have finished, the main process renames the folder. SIGKILL at any moment leaves either the old
+    set of checkpoints or the new one, and a stale ``.tmp-*`` folder that the next save removes.
     """
     folder = run_dir / "checkpoints"
     final = folder / f"checkpoint-{step}"
@@ -129,6 +164,11 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, total_limit: int | No
         tmp.mkdir()
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        if state is not None:
+            (tmp / TRAIN_STATE_NAME).write_text(json.dumps(state.state_dict()) + "\n")
+        if ema is not None:
+            _save_ema(ema, accelerator.unwrap_model(model), tmp)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():  # the same step saved again (a finished run re-saved): replace it
@@ -140,6 +180,124 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, total_limit: int | No
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _save_ema(ema, model: torch.nn.Module, folder: Path) -> None:
+    """diffusers' EMAModel.state_dict(), split into its weights (safetensors, by parameter name) and the rest (JSON)."""
+    from safetensors.torch import save_file
+
+    state = ema.state_dict()
+    names = [name for name, _ in model.named_parameters()]
+    shadow = state.pop("shadow_params")
+    save_file(
+        {name: p.detach().contiguous().cpu() for name, p in zip(names, shadow, strict=True)},
+        str(folder / EMA_WEIGHTS_NAME),
+    )
+    (folder / EMA_STATE_NAME).write_text(json.dumps(state) + "\n")
+
+
+def _previous(checkpoint: Path) -> str:
+    """' or resume from the previous checkpoint with --resume PATH' (empty when there is none)."""
+    m = CHECKPOINT_RE.match(checkpoint.name)
+    older = [p for s, p in list_checkpoints(checkpoint.parent.parent) if m and s < int(m.group(1))]
+    return f"; resume from the previous one with --resume {older[-1]}" if older else ""
+
+
+def verify_checkpoint(
+    checkpoint: Path, model: torch.nn.Module, ema, process_index: int = 0, num_processes: int = 1
+) -> dict[str, Any]:
+    """Read every file of ``checkpoint`` without unpickling anything; return ddpm-hub's own state from it.
+
+    safetensors and JSON are data formats; accelerate's ``.bin``/``.pkl`` files (optimizer, lr schedule, RNG
+    states) are read with ``torch.load(weights_only=True)`` plus the numpy types accelerate allows, the same
+    restricted loader that ``accelerator.load_state`` then uses. A missing, truncated or foreign file stops
+    with CheckpointError naming the checkpoint and the file; a model whose tensors do not fit says so in one
+    line.
+    """
+    from accelerate.utils import load as accelerate_load
+    from safetensors.torch import load_file
+
+    legacy = sorted(p.name for p in checkpoint.glob("custom_checkpoint_*.pkl"))
+    if legacy:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} holds {', '.join(legacy)}: a pickle, which ddpm-hub never loads (older "
+            f"versions stored the EMA and train state that way, and a pickle can run code). Start a new run, "
+            f"or remove the file if you did not expect it"
+        )
+    required = ["model.safetensors", "optimizer.bin", "scheduler.bin", f"random_states_{process_index}.pkl"]
+    required.append(TRAIN_STATE_NAME)
+    if ema is not None:
+        required += [EMA_WEIGHTS_NAME, EMA_STATE_NAME]
+    missing = [name for name in required if not (checkpoint / name).is_file()]
+    saved_by = len(list(checkpoint.glob("random_states_*.pkl")))
+    if saved_by and saved_by != num_processes:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} was written by {saved_by} process(es), this resume runs {num_processes}; "
+            f"resume with {saved_by} (the global batch is the per-process batch x processes, so another count "
+            f"changes the run)"
+        )
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} lacks {', '.join(missing)}: it is incomplete or was not written by this "
+            f"version of ddpm-hub{_previous(checkpoint)}"
+        )
+    out: dict[str, Any] = {}
+    for path in sorted(p for p in checkpoint.iterdir() if p.is_file()):
+        try:
+            if path.suffix == ".safetensors":
+                out[path.name] = load_file(str(path))
+            elif path.suffix == ".json":
+                out[path.name] = json.loads(path.read_text())
+            elif path.suffix in (".bin", ".pkl", ".pt"):
+                accelerate_load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, corrupt, or a pickle of something other than tensors
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise CheckpointError(
+                f"cannot read {path.name} of checkpoint {checkpoint}: it is truncated, corrupt or not what "
+                f"ddpm-hub writes ({type(exc).__name__}: {first[:200]}){_previous(checkpoint)}"
+            ) from exc
+
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    # accelerate saves the model as prepared: under data parallelism its keys start with "module."
+    found = {k.removeprefix("module."): tuple(v.shape) for k, v in out["model.safetensors"].items()}
+    differ = [k for k in expected if k in found and found[k] != expected[k]]
+    if differ or expected.keys() != found.keys():
+        detail = [f"{len(differ)} tensor(s) of another shape"] if differ else []
+        if differ:
+            detail[0] += (
+                f" (e.g. {differ[0]}: checkpoint {list(found[differ[0]])}, config {list(expected[differ[0]])})"
+            )
+        if expected.keys() - found.keys():
+            detail.append(f"{len(expected.keys() - found.keys())} missing")
+        if found.keys() - expected.keys():
+            detail.append(f"{len(found.keys() - expected.keys())} unexpected")
+        raise CheckpointError(
+            f"checkpoint {checkpoint} holds another model than this config builds ({', '.join(detail)}); "
+            f"resume with the run's own model settings (its config.yaml), or start a new run in another "
+            f"--output_dir"
+        )
+    return out
+
+
+def load_checkpoint(accelerator, checkpoint: Path, model, ema, state: TrainState) -> None:
+    """Restore a checkpoint written by :func:`save_checkpoint`: verified first (nothing is unpickled), then
+    ``accelerator.load_state`` (model, optimizer, lr schedule, RNG) and ddpm-hub's own JSON/safetensors state."""
+    files = verify_checkpoint(
+        checkpoint, accelerator.unwrap_model(model), ema, accelerator.process_index, accelerator.num_processes
+    )
+    accelerator.load_state(str(checkpoint))
+    try:
+        state.load_state_dict(files[TRAIN_STATE_NAME])
+        if ema is not None:
+            weights = files[EMA_WEIGHTS_NAME]
+            names = [name for name, _ in accelerator.unwrap_model(model).named_parameters()]
+            ema.load_state_dict({**files[EMA_STATE_NAME], "shadow_params": [weights[n] for n in names]})
+            ema.to(accelerator.device)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"checkpoint {checkpoint}: {TRAIN_STATE_NAME} or the EMA state does not hold what ddpm-hub writes "
+            f"({type(exc).__name__}: {exc}){_previous(checkpoint)}"
+        ) from exc
 
 
 def _fsync_dir(path: Path) -> None:
@@ -170,8 +328,12 @@ def _check_kwargs(what: str, cls: type, kwargs: dict[str, Any]) -> None:
         )
 
 
-def build_model(config: TrainConfig, channels: int, image_size: int) -> torch.nn.Module:
-    """The backbone ``config.backbone`` from the registry, sized to the data unless the config says otherwise."""
+def build_model(
+    config: TrainConfig, channels: int, image_size: int, num_classes: int | None = None
+) -> torch.nn.Module:
+    """The backbone ``config.backbone`` from the registry, sized to the data unless the config says otherwise;
+    class-conditional with ``num_classes`` classes when given (labelled data)."""
+    from .conditioning import check_backbone_supports
     from .plugins import provider
 
     try:
@@ -184,6 +346,21 @@ def build_model(config: TrainConfig, channels: int, image_size: int) -> torch.nn
         _check_kwargs("model", cls, kwargs)
     except ConfigError as exc:
         raise ConfigError(f"{exc}. {_model_hint(config.backbone, cls)}") from None
+    if num_classes is not None:
+        try:
+            check_backbone_supports(cls, config.backbone)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if kwargs.setdefault("num_class_embeds", num_classes) != num_classes:
+            raise ConfigError(
+                f"model.num_class_embeds={kwargs['num_class_embeds']} does not match the {num_classes} classes of "
+                "the data; drop model.num_class_embeds to take it from the data"
+            )
+    elif kwargs.get("num_class_embeds") is not None:
+        raise ConfigError(
+            "model.num_class_embeds is set but data.label_column is null, so there are no labels to train on; set "
+            "data.label_column (auto, or the column's name)"
+        )
     params = inspect.signature(cls.__init__).parameters
     for key, value in (("sample_size", image_size), ("in_channels", channels), ("out_channels", channels)):
         if key in params and key not in kwargs:
@@ -260,20 +437,6 @@ def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(params, foreach=True, **kwargs)
-
-
-def min_snr_weights(
-    alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, prediction_type: str
-) -> torch.Tensor:
-    """Per-sample loss weights of Min-SNR-gamma (Hang et al. 2023): min(SNR, gamma) over the target's SNR."""
-    alpha_bar = alphas_cumprod[t]
-    snr = alpha_bar / (1 - alpha_bar)
-    clipped = snr.clamp(max=gamma)
-    if prediction_type == "epsilon":
-        return clipped / snr
-    if prediction_type == "v_prediction":
-        return clipped / (snr + 1)
-    return clipped
 
 
 def format_count(n: int) -> str:
@@ -389,11 +552,46 @@ def plot_loss(history: list[tuple[int, float]], path: Path, title: str) -> None:
 
 
 def _prepare_output_dir(config: TrainConfig, run_dir: Path, main: bool = True) -> Path | None:
-    """Check the output folder; return the checkpoint to resume from (None: start fresh)."""
+    """Check the output folder; return the checkpoint to resume from (None: start fresh).
+
+    A run is never retrained or overwritten behind the user's back: a folder that holds a run needs
+    ``--resume`` or ``--overwrite_output_dir true``, and so does a finished run without checkpoints.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(
+            f"output_dir {run_dir} is a file, not a folder; choose a folder with --output_dir DIR"
+        )
+    if main:
+        try:
+            created = not run_dir.exists()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=run_dir):
+                pass
+            if created:  # made again once the model and plugins have been checked: a failure leaves no folder
+                run_dir.rmdir()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write to output_dir {run_dir} ({exc.strerror or exc}); choose a writable folder with "
+                f"--output_dir DIR"
+            ) from exc
     if config.resume is not None:
         checkpoint = resolve_checkpoint(run_dir, config.resume)
-        if checkpoint is None and main:
-            print(f"resume=latest: {run_dir} has no checkpoint yet, starting a new run", flush=True)
+        if checkpoint is None:
+            finished = [p for p in ("pipeline", "train_info.json") if (run_dir / p).exists()]
+            if finished and not config.overwrite_output_dir:
+                raise ConfigError(
+                    f"resume={config.resume}: {run_dir} holds a finished run ({', '.join(finished)}) but no "
+                    f"checkpoint to continue from, so resuming would retrain it from scratch and overwrite "
+                    f"pipeline/. To do that, add --overwrite_output_dir true; or train into another --output_dir DIR"
+                )
+            if main:
+                print(
+                    f"resume={config.resume}: {run_dir} has no checkpoint yet, starting a new run", flush=True
+                )
+            return None
+        saved = run_config_file(config)
+        if saved is not None:  # the CLI already merged it; this guards the Python API
+            check_resume(saved_run_config(saved), config, saved)
         return checkpoint
     occupied = [p for p in ("checkpoints", "pipeline", "train_info.json") if (run_dir / p).exists()]
     if occupied and not config.overwrite_output_dir:
@@ -402,6 +600,77 @@ def _prepare_output_dir(config: TrainConfig, run_dir: Path, main: bool = True) -
             "train into another folder with --output_dir DIR, or replace it with --overwrite_output_dir true"
         )
     return None
+
+
+class _Interrupt:
+    """Ctrl-C (SIGINT) during training: the first one asks the loop to stop after the current optimizer step,
+    save a checkpoint and say how to resume; a second one stops at once (KeyboardInterrupt)."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self._previous = None
+        self._pid = os.getpid()
+
+    def install(self) -> None:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._pid = os.getpid()
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a DataLoader worker forked after install: the main process decides
+            return
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+        print(
+            "\nCtrl-C: stopping after this step to save a checkpoint (Ctrl-C again stops at once, unsaved)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def requested(self, accelerator) -> bool:
+        """Whether any process was interrupted (all processes agree, so that they save together)."""
+        if accelerator.num_processes == 1:
+            return self.flag
+        flag = torch.tensor([float(self.flag)], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def guard(self, batches):
+        """The batches; DataLoader workers killed by the same Ctrl-C end the loop rather than raise."""
+        iterator = iter(batches)
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except Exception:
+                if self.flag:
+                    return
+                raise
+            yield batch
+
+
+def check_sampling(config: TrainConfig, num_train_timesteps: int) -> None:
+    """Every sampling setting checked against T before step 1, so a grid never fails hours into a run."""
+    from .samplers import resolve_steps
+
+    settings = [("final_sampler", "final_inference_steps")]
+    if config.sample_steps and config.sample_steps < config.max_steps:
+        settings.insert(0, ("sample_sampler", "sample_inference_steps"))
+    for name_key, steps_key in settings:
+        name, steps = getattr(config, name_key), getattr(config, steps_key)
+        try:
+            resolve_steps(name, steps, num_train_timesteps)
+        except ValueError as exc:
+            raise ConfigError(f"{name_key}={name}, {steps_key}={steps}: {exc}") from exc
 
 
 def train(config: TrainConfig, dataset=None) -> Path:
@@ -421,12 +690,14 @@ def train(config: TrainConfig, dataset=None) -> Path:
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
         step_scheduler_with_optimizer=False,  # the lr schedule counts optimizer steps, whatever the world size
     )
+    interrupt = _Interrupt()
     try:
-        run_dir = _train(config, dataset, accelerator, run_dir)
+        run_dir = _train(config, dataset, accelerator, run_dir, interrupt)
         if config.push_to_hub and accelerator.is_main_process:
             push_run(config, run_dir)
         return run_dir
     finally:
+        interrupt.uninstall()
         accelerator.end_training()
         if accelerator.num_processes == 1:  # let a later train() in this process choose another precision
             from accelerate.state import AcceleratorState, GradientState
@@ -458,7 +729,7 @@ def push_run(config: TrainConfig, run_dir: Path):
     return commit
 
 
-def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
+def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: _Interrupt) -> Path:
     from accelerate.utils import gather_object, set_seed
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
@@ -468,21 +739,22 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
     from .data import ShardedBatchSampler, load_images, random_flip
 
     main = accelerator.is_main_process
-    resume_from = _prepare_output_dir(config, run_dir, main)  # every process checks (read only)
+    resume_from = _prepare_output_dir(config, run_dir, main)  # every process checks
     accelerator.wait_for_everyone()
-    if main and config.resume is None and config.overwrite_output_dir:
+    if main and resume_from is None and config.overwrite_output_dir:
         for sub in ("checkpoints", "samples", "pipeline", "logs"):
             shutil.rmtree(run_dir / sub, ignore_errors=True)
     accelerator.wait_for_everyone()
 
     # Setup (seed: "1. Setup and Noise Schedule", "Model and Optimizer"): the same init on every process.
     set_seed(config.seed)
-    with accelerator.main_process_first():
-        data = load_images(config.data, dataset)
     scheduler = build_scheduler(config)
     T = scheduler.config.num_train_timesteps
-    prediction_type = scheduler.config.prediction_type
-    model = build_model(config, data.channels, data.image_size)
+    check_sampling(config, T)  # before the data: a bad grid setting fails in seconds
+    with accelerator.main_process_first():
+        data = load_images(config.data, dataset)
+    num_classes = None if data.class_names is None else len(data.class_names)
+    model = build_model(config, data.channels, data.image_size, num_classes)
     _check_plugins_before_the_run_folder(config, model, T)
     num_parameters = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(config, model.parameters())
@@ -508,15 +780,11 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     if ema is not None:
         ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
     state = TrainState()
-    accelerator.register_for_checkpointing(state)
 
     if resume_from is not None:
         accelerator.print(f"resuming from {resume_from}")
-        accelerator.load_state(str(resume_from))  # model, EMA, optimizer, lr schedule, RNG, TrainState
-        if ema is not None:
-            ema.to(accelerator.device)
+        load_checkpoint(accelerator, resume_from, model, ema, state)  # nothing in it is unpickled
         if state.step > config.max_steps:
             raise ConfigError(f"the checkpoint is at step {state.step}, past max_steps={config.max_steps}")
     else:
@@ -548,30 +816,37 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
     )
 
     device = accelerator.device
-    # Seed, "Derived Variables": the schedule tables stay here, outside the model (and outside its EMA).
-    sqrt_alpha_bar = scheduler.sqrt_alphas_cumprod.to(device, torch.float32)
-    sqrt_one_minus_alpha_bar = scheduler.sqrt_one_minus_alphas_cumprod.to(device, torch.float32)
-    alphas_cumprod = scheduler.alphas_cumprod.to(device, torch.float32)
 
     def sample_grid(sampler_name: str, steps: int | None) -> torch.Tensor:
         """(B, C, H, W) images in [0, 1] from the EMA weights (main process), fixed seed for comparability."""
         from .pipeline import DDPMHubPipeline
 
         net = ema_weights(accelerator.unwrap_model(model), ema)
-        pipe = DDPMHubPipeline(unet=net, scheduler=scheduler)
+        pipe = DDPMHubPipeline(unet=net, scheduler=scheduler, class_names=data.class_names)
         pipe.set_progress_bar_config(disable=True)
+        # a class-conditional grid cycles through the classes: 0, 1, ..., n-1, 0, 1, ...
+        labels = None if num_classes is None else [i % num_classes for i in range(config.num_sample_images)]
         return pipe(
             batch_size=config.num_sample_images,
             generator=torch.Generator("cpu").manual_seed(config.seed),
             sampler=sampler_name,
             num_inference_steps=steps,
             output_type="pt",
+            class_labels=labels,
         ).images
 
     def write_grid(step: int) -> None:
         from .images import make_grid
 
-        images = sample_grid(config.sample_sampler, config.sample_inference_steps)
+        try:
+            images = sample_grid(config.sample_sampler, config.sample_inference_steps)
+        except Exception as exc:  # a grid is a view of the run, never a reason to stop it
+            print(
+                f"warning: the sample grid at step {step} failed ({type(exc).__name__}: {exc}); training goes on",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
         (run_dir / "samples").mkdir(exist_ok=True)
         make_grid(images).save(run_dir / "samples" / f"step-{step}.png")
         if config.log_with == "tensorboard":
@@ -613,11 +888,17 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
         dynamic_ncols=True,
     )
     measured_global_batch = None
+    last_saved = state.step if resume_from is not None else None
+    interrupt.install()
     model.train()
     # ------------------------------------------------------------- seed: "TRAINING (Forward Process)"
-    for batch in batches:
+    for batch in interrupt.guard(batches):
         if state.step >= config.max_steps:
             break
+        labels = None
+        if num_classes is not None:
+            batch, labels = batch
+            labels = labels.to(device, non_blocking=True)
         batch = batch.to(device, non_blocking=True).float() / 127.5 - 1.0  # uint8 -> [-1, 1]
         if config.data.random_flip:
             batch = random_flip(batch)
@@ -629,27 +910,21 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
         with accelerator.accumulate(model):
             t = torch.randint(0, T, (bs,), device=device).long()
             noise = torch.randn_like(batch)
-            x_noisy = (
-                sqrt_alpha_bar[t].view(bs, 1, 1, 1) * batch
-                + sqrt_one_minus_alpha_bar[t].view(bs, 1, 1, 1) * noise
-            )
-            noise_pred = model(x_noisy, t).sample.float()
-            if prediction_type == "epsilon":
-                target = noise
-            elif prediction_type == "v_prediction":
-                target = (
-                    sqrt_alpha_bar[t].view(bs, 1, 1, 1) * noise
-                    - sqrt_one_minus_alpha_bar[t].view(bs, 1, 1, 1) * batch
-                )
-            else:
-                target = batch
+            # Seed, "Derived Variables" and the forward process: the scheduler owns the tables (outside the
+            # model and its EMA) and the maths; its float32 tables on this device are cast once and cached.
+            x_noisy = scheduler.add_noise(batch, noise, t)
+            if labels is None:
+                model_output = model(x_noisy, t).sample.float()
+            else:  # classifier-free guidance: a share p_uncond of the labels becomes the null class
+                drop = torch.rand(bs, device=device) < config.p_uncond
+                labels = torch.where(drop, torch.full_like(labels, num_classes), labels)
+                model_output = model(x_noisy, t, class_labels=labels).sample.float()
+            target = scheduler.get_target(batch, noise, t)  # the noise, for the seed's prediction_type
             if config.snr_gamma is None:
-                loss = F.mse_loss(noise_pred, target)
+                loss = F.mse_loss(model_output, target)
             else:
-                per_sample = F.mse_loss(noise_pred, target, reduction="none").mean(dim=(1, 2, 3))
-                loss = (
-                    per_sample * min_snr_weights(alphas_cumprod, t, config.snr_gamma, prediction_type)
-                ).mean()
+                per_sample = F.mse_loss(model_output, target, reduction="none").mean(dim=(1, 2, 3))
+                loss = (per_sample * scheduler.loss_weights(t, config.snr_gamma)).mean()
             accelerator.backward(loss)
             if accelerator.sync_gradients and config.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -688,14 +963,36 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path) -> Path:
             accelerator.log(
                 {"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": images_per_s}, step=step
             )
+        # the checkpoint first: a failing grid never costs a step's checkpoint
+        if checkpoint_now:
+            state.wall_time_s = session_start_wall + time.perf_counter() - session_start
+            last_good = save_checkpoint(
+                accelerator, run_dir, step, config.checkpoints_total_limit, state, ema, model
+            )
+            last_saved = step
         if config.sample_steps and step % config.sample_steps == 0 and not last:
             if main:
                 write_grid(step)
             accelerator.wait_for_everyone()
-        if checkpoint_now:
-            state.wall_time_s = session_start_wall + time.perf_counter() - session_start
-            last_good = save_checkpoint(accelerator, run_dir, step, config.checkpoints_total_limit)
+        if interrupt.requested(accelerator):
+            break
     bar.close()
+    if state.step < config.max_steps and interrupt.requested(accelerator):
+        step = state.step
+        if step and last_saved != step:
+            state.wall_time_s = session_start_wall + time.perf_counter() - session_start
+            last_good = save_checkpoint(
+                accelerator, run_dir, step, config.checkpoints_total_limit, state, ema, model
+            )
+        if last_good is None:
+            raise TrainingInterrupted("interrupted before the first step; nothing was saved")
+        command = "ddpm-hub train"
+        if accelerator.num_processes > 1:
+            command = f"accelerate launch --num_processes {accelerator.num_processes} -m ddpm_hub.train"
+        raise TrainingInterrupted(
+            f"interrupted at step {step} of {config.max_steps}; saved {last_good}. Continue with: "
+            f"{command} --output_dir {run_dir} --resume latest"
+        )
     state.wall_time_s = session_start_wall + time.perf_counter() - session_start
 
     # The end: every process's weights (they must agree), then the pipeline with the EMA weights.
@@ -740,7 +1037,7 @@ def _finish(
     from .pipeline import DDPMHubPipeline, pipeline_requirements
 
     net = ema_weights(unwrapped, ema)
-    pipe = DDPMHubPipeline(unet=net, scheduler=scheduler)
+    pipe = DDPMHubPipeline(unet=net, scheduler=scheduler, class_names=data.class_names)
     tmp = run_dir / f"{TMP_PREFIX}pipeline"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
@@ -770,6 +1067,7 @@ def _finish(
         "prediction_type": scheduler.config.prediction_type,
         "backbone": config.backbone,
         "num_parameters": num_parameters,
+        **({"class_names": data.class_names, "p_uncond": config.p_uncond} if data.class_names else {}),
         "mixed_precision": config.mixed_precision,
         "ema_decay": config.ema.max_decay if ema is not None else None,
         "ema_decay_reached": getattr(ema, "cur_decay_value", None),
@@ -812,7 +1110,8 @@ USAGE = """usage: python -m ddpm_hub.train [--config FILE] [--KEY VALUE | KEY=VA
 
 Train a DDPM. Without --config: the built-in default (configs/mnist.yaml: MNIST-5k digits).
 Nested keys use dots (--model.base_channels 64, --data.dataset ./my-images); values are YAML
-(64, 2e-4, true, [1, 2, 2], null). --resume latest continues the run in output_dir.
+(64, 2e-4, true, [1, 2, 2], null). --resume latest continues the run in output_dir from its own
+config.yaml; only max_steps and the logging, sample, checkpoint, push and data.num_workers keys may change.
 `model` is the backbone's constructor arguments: --backbone dit (another backbone than the file's)
 starts from that backbone's own defaults, --model.KEY VALUE changes one, --model '{...}' replaces all.
 
@@ -837,11 +1136,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .plugins import PluginError
 
     try:
-        train(config)
-    except (ConfigError, DataError, NonFiniteLossError, HubPushError, PluginError) as exc:
+        try:
+            train(config)
+        finally:
+            _close_progress_bars()  # a message then starts its own line, not the end of the bar's
+    except TrainingInterrupted as exc:
+        print(exc, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(
+            f"interrupted; nothing after the last checkpoint was saved (continue with: ddpm-hub train "
+            f"--output_dir {config.output_dir} --resume latest)",
+            file=sys.stderr,
+        )
+        return 130
+    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, HubPushError, PluginError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _close_progress_bars() -> None:
+    from tqdm.auto import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""The ddpm-hub Space: sample from a DDPM checkpoint and watch the reverse process, step by step.
+"""The ddpm-hub Space: sample from a DDPM checkpoint and watch the reverse process draw, step by step.
 
 Two tabs, following the seed ("Diffusion Models Explained Line by Line"):
 
 - **Generate** ("IMAGE GENERATION"): a model (the bundled default, a Hub repo id, or a local folder where
-  the operator allows it), a sampler from the registry (``ddpm`` is the seed's loop), the number of steps,
-  images and the seed. Shows the image grid, and the denoising trajectory (x_t and the predicted x_0 at a
-  few steps) that the pipeline's ``callback_on_step_end`` hands out.
+  the operator allows it), a sampler from the registry (``ddpm`` is the seed's loop), its steps, the number
+  of images and the seed. While the pipeline samples, the page streams x_t and the predicted x_0 that its
+  ``callback_on_step_end`` hands out; the final grid then replaces them. One image at a time can be followed
+  large through every recorded step (a step slider and a GIF), and a copyable ``ddpm-hub sample`` line
+  reproduces the grid.
 - **Explain** ("Setup and Noise Schedule", "Add noise to images"): the model's schedule (beta_t, alpha_bar_t,
   and the signal and noise coefficients of q(x_t | x_0)) and the forward process applied to an image by the
   scheduler's own ``add_noise``.
@@ -13,8 +15,13 @@ Two tabs, following the seed ("Diffusion Models Explained Line by Line"):
 The app only calls the library (``ddpm_hub.load_pipeline``, the pipeline, its scheduler): no diffusion
 arithmetic lives here. Run it with ``python spaces/app.py`` or ``ddpm-hub space``.
 
+Models: a Hub model is resolved to the commit its branch (or tag) points at on every request, and pipelines
+are cached by commit, so a new push to ``main`` is served at once without serving a half-known state;
+``load_pipeline`` checks the repo's file list before downloading anything (a repo that is not a pipeline,
+or holds pickle weights only, is refused without downloading weights).
+
 Security: a visitor names a model by Hub repo id only. The string is checked by huggingface_hub's repo-id
-validator before anything else and then only ever downloaded from the Hub (safetensors, json and md
+validator before anything else and then only ever downloaded from the Hub (safetensors, json, md and png
 files); it is never looked up on this server's disk unless the operator passes ``--allow-local-paths`` or
 sets ``DDPM_HUB_SPACE_ALLOW_LOCAL=1``.
 """
@@ -22,32 +29,32 @@ sets ``DDPM_HUB_SPACE_ALLOW_LOCAL=1``.
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import os
+import queue
+import re
+import shutil
+import tempfile
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import pandas as pd
 import torch
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from PIL import Image, ImageOps
+from PIL import Image
 
 import ddpm_hub
 from ddpm_hub.images import make_grid
+from ddpm_hub.loading import download_pipeline, pipeline_folder
 from ddpm_hub.plugins import get_samplers
 from ddpm_hub.samplers import resolve_steps
 
@@ -59,19 +66,33 @@ DEFAULT_MODEL_LABEL = "default (bundled MNIST model)"
 PRESETS = ("google/ddpm-cifar10-32",)
 #: env var that lets visitors load folders on this server (off unless set to 1/true/yes)
 ALLOW_LOCAL_ENV = "DDPM_HUB_SPACE_ALLOW_LOCAL"
-#: files fetched from a Hub repo: configs, safetensors weights and the model card, never pickles
-HUB_ALLOW_PATTERNS = ("*.json", "*.safetensors", "*.md")
+#: pipelines kept in memory (each is one model at one commit)
+CACHED_PIPELINES = 4
 MAX_IMAGES = 16
 MAX_SEED = 2**32 - 1
-#: the steps slider's hard ceiling; the model's own T is enforced per request
+#: the steps slider's hard ceiling before a model is loaded; the model's own T bounds it after
 MAX_STEPS = 1000
-TRAJECTORY_FRAMES = 6
+#: steps recorded for the trajectory (every step up to this many, else evenly spaced ones)
+MAX_FRAMES = 64
+#: frames in the API's trajectory gallery (x_t and the predicted x_0 at each)
+API_TRAJECTORY_FRAMES = 6
+#: uploads larger than this (longest side, pixels) are scaled down for the Explain tab
+MAX_UPLOAD_SIDE = 512
 MNIST5K = Path(ddpm_hub.__file__).resolve().parent / "datasets" / "mnist5k.parquet"
 MNIST5K_SIZE = 5000
+#: plain words for the core samplers; a plugin sampler is described by its factory's docstring
+SAMPLER_WORDS = {
+    "ddpm": "DDPM: the original, slow",
+    "sde-dpm-solver++": "SDE-DPM-Solver++: fast, sharpest",
+    "dpm-solver++": "DPM-Solver++: fast, smooth",
+    "ddim": "DDIM: deterministic shortcut",
+}
+SOURCE_DIGIT = "MNIST-5k digit"
+SOURCE_UPLOAD = "your image"
 
 
 class SpaceInputError(gr.Error):
-    """A visitor's input was wrong: the message says what and how to fix it."""
+    """Something the visitor asked for cannot be done: the message says what and what to do instead."""
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -89,6 +110,22 @@ class ModelRef:
         if self.kind == "hub":
             return self.location + (f"@{self.revision}" if self.revision else "")
         return Path(self.location).name if Path(self.location) == DEFAULT_MODEL_DIR else self.location
+
+
+@dataclass
+class Loaded:
+    """A loaded pipeline, and the Hub commit it was loaded from (None for a local folder)."""
+
+    pipe: ddpm_hub.DDPMHubPipeline
+    ref: ModelRef
+    commit: str | None = None
+
+    @property
+    def T(self) -> int:
+        return int(self.pipe.scheduler.config.num_train_timesteps)
+
+    def describe(self) -> str:
+        return f"{self.ref}" + (f" (commit {self.commit[:8]})" if self.commit else "")
 
 
 def env_allows_local_paths() -> bool:
@@ -125,75 +162,160 @@ def resolve_model(
                 f"{spec!r} is neither a folder on this server nor a valid Hub repo id: {problem}"
             )
     elif problem:
-        looks_like_path = spec.startswith(("/", "~", ".", "\\")) or "\\" in spec or spec.count("/") > 1
-        if looks_like_path:
-            raise SpaceInputError(
-                f"{spec!r} looks like a path on the server; this Space loads models from the Hub only. Enter a "
-                "Hub repo id such as 'google/ddpm-cifar10-32' (the operator can allow local folders with "
-                f"`ddpm-hub space --allow-local-paths` or {ALLOW_LOCAL_ENV}=1)"
-            )
+        # One message for a visitor, whatever the string is (a typo or a server path): they can only
+        # name Hub repos here, so say how one looks.
         raise SpaceInputError(
-            f"{spec!r} is not a valid Hub repo id: {problem} Enter one like 'namespace/model-name', e.g. "
-            "'google/ddpm-cifar10-32', or leave the box empty for the default model"
+            f"{spec!r} is not a model name this Space can load. Enter a Hub model id such as "
+            "'google/ddpm-cifar10-32' (namespace/model-name), or pick the default model"
         )
     return ModelRef("hub", spec, revision)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(ref: ModelRef) -> ddpm_hub.DDPMHubPipeline:
+class PipelineCache:
+    """The last few pipelines used, keyed by what makes them what they are: a Hub repo at one commit, or a
+    local folder as last saved. A new push to a branch therefore gives a new key, never the old weights."""
+
+    def __init__(self, size: int = CACHED_PIPELINES):
+        self.size = size
+        self._pipes: OrderedDict[tuple, ddpm_hub.DDPMHubPipeline] = OrderedDict()
+        self._lock = threading.Lock()
+        #: (repo, revision) -> the commit it pointed at when last seen, for when the Hub cannot be asked
+        self.last_commit: dict[tuple[str, str | None], str] = {}
+        self.loads = 0  # pipelines built so far (tests read it)
+
+    def get(self, key: tuple, build) -> ddpm_hub.DDPMHubPipeline:
+        with self._lock:
+            if key in self._pipes:
+                self._pipes.move_to_end(key)
+                return self._pipes[key]
+        pipe = build()
+        with self._lock:
+            self.loads += 1
+            self._pipes[key] = pipe
+            while len(self._pipes) > self.size:
+                self._pipes.popitem(last=False)
+        return pipe
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pipes.clear()
+            self.last_commit.clear()
+
+
+PIPELINES = PipelineCache()
+
+
+def hub_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit that ``revision`` (default ``main``) of ``repo_id`` points at now, or None when the Hub
+    does not say (unreachable, offline, unknown repo or revision ...)."""
+    try:
+        return HfApi().model_info(repo_id, revision=revision).sha
+    except Exception:  # load_pipeline meets the same problem next and names it
+        return None
+
+
+def _folder_stamp(folder: str) -> int:
+    """When the pipeline in a local folder (a pipeline folder, or a run's ``pipeline/``) last changed, so a
+    re-saved pipeline is reloaded; a run's checkpoints and logs do not count."""
+    try:
+        root = pipeline_folder(Path(folder))
+    except FileNotFoundError:
+        return 0  # not a pipeline: load_pipeline says so
+    return max((p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()), default=0)
+
+
+def _build(ref: ModelRef, revision: str | None) -> ddpm_hub.DDPMHubPipeline:
+    """Load ``ref`` with the library: a Hub repo through its file-list check and download (never a folder on
+    this server that happens to share the repo id's name), a local folder as it is."""
     if ref.kind == "hub":
-        folder = snapshot_download(
-            ref.location, revision=ref.revision, allow_patterns=list(HUB_ALLOW_PATTERNS)
-        )
+        pipe = ddpm_hub.load_pipeline(download_pipeline(ref.location, revision=revision))
     else:
-        folder = ref.location
-    pipe = ddpm_hub.load_pipeline(folder)
+        pipe = ddpm_hub.load_pipeline(ref.location)
     if torch.cuda.is_available():
         pipe = pipe.to("cuda")
-    pipe.set_progress_bar_config(disable=True)  # the Space shows gr.Progress instead
+    pipe.set_progress_bar_config(disable=True)  # the Space shows its own progress
     return pipe
 
 
-def load_model(ref: ModelRef) -> ddpm_hub.DDPMHubPipeline:
-    """The pipeline for ``ref`` (cached, at most 4 at a time), or a ``gr.Error`` that says what went wrong."""
+def _visitor_message(ref: ModelRef, exc: Exception) -> str:
+    """What went wrong loading ``ref``, in the visitor's terms (no server paths, no operator switches)."""
+    reason = getattr(exc, "reason", None)  # ddpm_hub's HubLoadError says why the Hub repo failed
+    name = ref.location if ref.kind == "hub" else str(ref)
+    if reason in ("repo_not_found", "authentication"):
+        return (
+            f"There is no model {name!r} on the Hub that this Space can read (it may be private or gated): "
+            "check the spelling (namespace/model-name)"
+        )
+    if reason == "revision_not_found":
+        return f"The Hub model {name!r} has no revision {ref.revision!r}: use a branch, tag or commit id"
+    if reason == "offline_not_cached":
+        return (
+            f"The Hugging Face Hub cannot be reached from this Space right now, so {name!r} cannot be "
+            "loaded. Try again later, or use the default model"
+        )
+    if reason == "pickle_only":
+        return (
+            f"{name!r} has its weights as pickle files only (.bin/.pt), which this Space does not load "
+            "because unpickling can run arbitrary code; it needs safetensors weights. Nothing was downloaded"
+        )
+    if reason == "incomplete" or (ref.kind == "hub" and isinstance(exc, (FileNotFoundError, ValueError))):
+        return (
+            f"{name!r} is not a diffusion pipeline this Space can load (it needs model_index.json, "
+            "unet/ with safetensors weights and scheduler/); nothing was downloaded"
+        )
+    if reason is not None:
+        return f"The Hub answered with an error for {name!r}; try again later"
+    if isinstance(exc, ImportError):  # a component from a plugin that is not installed: the message names it
+        return f"{name!r} needs a plugin that this Space does not have: {exc}"
+    return f"{name!r} is not a ddpm-hub or diffusers DDPM pipeline that can be loaded: {exc}"
+
+
+def load_model(ref: ModelRef) -> Loaded:
+    """The pipeline for ``ref`` (cached by commit), or a ``SpaceInputError`` that says what went wrong.
+
+    A Hub ref is resolved to its current commit first (one API call), so a new push is seen on the next
+    request. When the Hub cannot be asked, the commit served last for that branch is used if it is still
+    cached; otherwise ``load_pipeline`` tries the local Hugging Face cache and explains a failure.
+    """
     try:
-        return _load_cached(ref)
-    except GatedRepoError as exc:
-        raise gr.Error(
-            f"the Hub repo {ref} is gated: accept its terms on the Hub and give this Space a token ({exc})"
-        ) from exc
-    except RepositoryNotFoundError as exc:
-        raise gr.Error(
-            f"no model repo {ref.location!r} on the Hub (or it is private): check the spelling of the repo id"
-        ) from exc
-    except RevisionNotFoundError as exc:
-        raise gr.Error(
-            f"the Hub repo {ref.location!r} has no revision {ref.revision!r}: use a branch, tag or commit sha"
-        ) from exc
-    except LocalEntryNotFoundError as exc:
-        raise gr.Error(
-            f"could not download {ref} from the Hub: the Hub cannot be reached from this server (offline, or "
-            "no network) and the repo is not in its cache. Use the default model, or try again later"
-        ) from exc
-    except HfHubHTTPError as exc:
-        raise gr.Error(f"the Hub answered with an error for {ref}: {exc}. Try again later") from exc
-    except ImportError as exc:  # a component from a plugin that is not installed: the message names it
-        raise gr.Error(f"{ref} needs a plugin that this Space does not have: {exc}") from exc
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        raise gr.Error(
-            f"{ref} is not a ddpm-hub or diffusers DDPM pipeline that can be loaded: {exc}"
-        ) from exc
+        if ref.kind == "local":
+            key = ("local", ref.location, _folder_stamp(ref.location))
+            return Loaded(PIPELINES.get(key, lambda: _build(ref, None)), ref)
+        branch = (ref.location, ref.revision)
+        commit = hub_commit(ref.location, ref.revision) or PIPELINES.last_commit.get(branch)
+        key = ("hub", ref.location, commit or f"unresolved:{ref.revision}")
+        pipe = PIPELINES.get(key, lambda: _build(ref, commit or ref.revision))
+        if commit is not None:
+            PIPELINES.last_commit[branch] = commit
+        return Loaded(pipe, ref, commit)
+    except (OSError, ValueError, ImportError) as exc:  # HubLoadError is an OSError
+        raise SpaceInputError(_visitor_message(ref, exc)) from exc
+
+
+# --------------------------------------------------------------------------------------------- samplers
 
 
 def sampler_names() -> list[str]:
     """Registered samplers, the core's first (``ddpm`` is the seed's loop)."""
     names = list(get_samplers())
-    core = [n for n in ("ddpm", "sde-dpm-solver++", "dpm-solver++", "ddim") if n in names]
+    core = [n for n in SAMPLER_WORDS if n in names]
     return core + sorted(n for n in names if n not in core)
 
 
-def num_train_timesteps(pipe) -> int:
-    return int(pipe.scheduler.config.num_train_timesteps)
+def sampler_label(name: str) -> str:
+    """What the sampler is and its default steps, in plain words, from its registry entry."""
+    entry = get_samplers()[name]
+    words = SAMPLER_WORDS.get(name)
+    if words is None:
+        doc = (entry.obj.__doc__ or "").strip().split("\n")[0]
+        words = f"{name}: {doc.split('. ')[0].rstrip('.')}" if doc else name
+    default = f"{entry.default_steps} steps" if entry.default_steps else "all T steps"
+    return f"{words} · {default}"
+
+
+def step_bounds(sampler: str, T: int) -> tuple[int, int, int]:
+    """(minimum, default, maximum) steps of ``sampler`` for a model with ``T`` steps, from its registry entry."""
+    return min(get_samplers()[sampler].min_steps, T), resolve_steps(sampler, None, T), T
 
 
 def default_steps(sampler: str, T: int) -> int:
@@ -212,9 +334,15 @@ def _checked_int(name: str, value, low: int, high: int, hint: str = "") -> int:
 # ---------------------------------------------------------------------------------------------- images
 
 
-def _to_unit(x: torch.Tensor) -> torch.Tensor:
-    """Model-space images (B, C, H, W) in [-1, 1] to [0, 1] for display (clamped, as the pipeline's output)."""
-    return (x.detach().float().cpu().clamp(-1, 1) + 1) / 2
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Model-space images (B, C, H, W) in [-1, 1] to uint8 for display (clamped, as the pipeline's output)."""
+    unit = (x.detach().float().cpu().clamp(-1, 1) + 1) / 2
+    return (unit * 255).round().to(torch.uint8).numpy()
+
+
+def _grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> Image.Image:
+    """uint8 (B, C, H, W) images tiled by the library's ``make_grid``."""
+    return make_grid(torch.from_numpy(images).float() / 255, nrow=nrow, padding=padding)
 
 
 def _enlarge(image: Image.Image, target: int) -> Image.Image:
@@ -223,62 +351,267 @@ def _enlarge(image: Image.Image, target: int) -> Image.Image:
     return image.resize((image.width * factor, image.height * factor), Image.NEAREST) if factor > 1 else image
 
 
+def _side_by_side(left: Image.Image, right: Image.Image, gap: int = 12) -> Image.Image:
+    mode = "RGB" if "RGB" in (left.mode, right.mode) else "L"
+    out = Image.new(mode, (left.width + gap + right.width, max(left.height, right.height)), "white")
+    out.paste(left.convert(mode), (0, 0))
+    out.paste(right.convert(mode), (left.width + gap, 0))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- generate
 
 
-def generate(
-    model, revision, sampler, steps, num_images, seed, *, allow_local: bool, default: ModelRef, progress=None
-):
-    """Sample ``num_images`` images; return (grid, individual images, trajectory, summary)."""
+@dataclass
+class Frame:
+    """The state after reverse step ``step`` (1-based, of ``steps``) at timestep ``t``: x_t and the predicted
+    x_0, uint8 (B, C, H, W)."""
+
+    step: int
+    steps: int
+    t: int
+    sample: np.ndarray
+    x0: np.ndarray
+
+
+@dataclass
+class Run:
+    """A finished generation: what was asked, the images (uint8 B, C, H, W) and the recorded frames."""
+
+    model: Loaded
+    sampler: str
+    steps: int
+    seed: int
+    images: np.ndarray
+    frames: list[Frame]
+    seconds: float
+    command: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.images)
+
+    def summary(self) -> str:
+        return (
+            f"{self.n} image{'s' if self.n > 1 else ''} from **{self.model.describe()}** (T={self.model.T}) "
+            f"with `{self.sampler}`, {self.steps} steps, seed {self.seed}: {self.seconds:.1f} s on "
+            f"{self.model.pipe.device}."
+        )
+
+
+class _Cancelled(Exception):
+    """The visitor left (or pressed Generate again): the worker stops at the next step."""
+
+
+def recorded_steps(steps: int) -> set[int]:
+    """The 0-based steps whose x_t and x_0 are kept: all of them up to ``MAX_FRAMES``, else evenly spaced."""
+    return set(np.linspace(0, steps - 1, min(MAX_FRAMES, steps)).round().astype(int).tolist())
+
+
+def _sample(pipe, *, sampler: str, steps: int, n: int, seed: int) -> Iterator[list[Frame] | torch.Tensor]:
+    """Run the pipeline in a worker thread; yield the recorded frames as they arrive (in batches: whatever
+    came since the last yield), then the final images (B, C, H, W) in [0, 1]."""
+    record = recorded_steps(steps)
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def on_step_end(_pipe, i: int, t: int, tensors: dict[str, torch.Tensor]):
+        if stop.is_set():
+            raise _Cancelled
+        if i in record:
+            events.put(
+                Frame(
+                    i + 1, steps, t, _to_uint8(tensors["sample"]), _to_uint8(tensors["pred_original_sample"])
+                )
+            )
+
+    def work():
+        try:
+            images = pipe(
+                batch_size=n,
+                generator=torch.Generator("cpu").manual_seed(seed),
+                num_inference_steps=steps,
+                sampler=sampler,
+                output_type="pt",
+                callback_on_step_end=on_step_end,
+            ).images
+            events.put(images)
+        except Exception as exc:  # handed to the consumer, which raises it
+            events.put(exc)
+
+    worker = threading.Thread(target=work, name="ddpm-hub-space-sampler", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = events.get()
+            batch = []
+            while isinstance(item, Frame):
+                batch.append(item)
+                try:
+                    item = events.get_nowait()
+                except queue.Empty:
+                    item = None
+            if batch:
+                yield batch
+            if item is None:
+                continue
+            if isinstance(item, Exception):
+                raise item
+            yield item
+            return
+    finally:
+        stop.set()
+
+
+def generate_stream(
+    model, revision, sampler, steps, num_images, seed, *, allow_local: bool, default: ModelRef
+) -> Iterator[list[Frame] | Run]:
+    """Check the request, load the model, sample: yield batches of frames while sampling, then the ``Run``."""
     n = _checked_int("Number of images", num_images, 1, MAX_IMAGES)
     seed = _checked_int("Seed", seed, 0, MAX_SEED)
     samplers = sampler_names()
     if sampler not in samplers:
         raise SpaceInputError(f"unknown sampler {sampler!r}; choose one of {', '.join(samplers)}")
-    ref = resolve_model(model, revision, allow_local=allow_local, default=default)
-    pipe = load_model(ref)
-    T = num_train_timesteps(pipe)
-    steps = _checked_int("Steps", steps, 1, T, f" (this model has T={T} diffusion steps)")
-
-    frames = set(np.linspace(0, steps - 1, min(TRAJECTORY_FRAMES, steps)).round().astype(int).tolist())
-    trajectory: list[tuple[Image.Image, str]] = []
-
-    def on_step_end(_pipe, i: int, t: int, tensors: dict[str, torch.Tensor]):
-        if progress is not None:
-            progress((i + 1, steps), desc=f"{sampler}: step {i + 1}/{steps}, t={t}")
-        if i in frames:
-            trajectory.append(
-                (
-                    _enlarge(make_grid(_to_unit(tensors["sample"])), 256),
-                    f"x after step {i + 1}/{steps} (t={t})",
-                )
-            )
-            trajectory.append(
-                (
-                    _enlarge(make_grid(_to_unit(tensors["pred_original_sample"])), 256),
-                    f"predicted x0 at t={t}",
-                )
-            )
-
+    loaded = load_model(resolve_model(model, revision, allow_local=allow_local, default=default))
+    try:
+        steps = resolve_steps(sampler, steps, loaded.T)
+    except ValueError as exc:
+        raise SpaceInputError(f"Steps: {exc}") from exc
+    frames: list[Frame] = []
     start = time.perf_counter()
-    images = pipe(
-        batch_size=n,
-        generator=torch.Generator("cpu").manual_seed(seed),
-        num_inference_steps=steps,
-        sampler=sampler,
-        output_type="pt",
-        callback_on_step_end=on_step_end,
-    ).images
-    elapsed = time.perf_counter() - start
-    grid = _enlarge(make_grid(images), 512)
+    try:
+        for item in _sample(loaded.pipe, sampler=sampler, steps=steps, n=n, seed=seed):
+            if isinstance(item, list):
+                frames.extend(item)
+                yield item
+            else:
+                images = _to_uint8(item * 2 - 1)
+    except ValueError as exc:  # the pipeline refuses to return a broken image (NaN ...): say so
+        raise SpaceInputError(f"Sampling failed: {exc}") from exc
+    run = Run(loaded, sampler, steps, seed, images, frames, time.perf_counter() - start)
+    run.command = reproduce_command(run, default)
+    yield run
+
+
+def generate(model, revision, sampler, steps, num_images, seed, *, allow_local: bool, default: ModelRef):
+    """Sample ``num_images`` images; return (grid, individual images, trajectory, summary) (the API)."""
+    run = None
+    for item in generate_stream(
+        model, revision, sampler, steps, num_images, seed, allow_local=allow_local, default=default
+    ):
+        run = item
+    picks = np.linspace(0, len(run.frames) - 1, min(API_TRAJECTORY_FRAMES, len(run.frames)))
+    trajectory: list[tuple[Image.Image, str]] = []
+    for k in sorted(set(picks.round().astype(int).tolist())):
+        frame = run.frames[k]
+        trajectory.append(
+            (_enlarge(_grid(frame.sample), 256), f"x after step {frame.step}/{frame.steps} (t={frame.t})")
+        )
+        trajectory.append((_enlarge(_grid(frame.x0), 256), f"predicted x0 at t={frame.t}"))
     singles = [
-        (_enlarge(make_grid(img[None], padding=0), 128), f"image {k + 1}") for k, img in enumerate(images)
+        (_enlarge(_grid(img[None], padding=0), 128), f"image {k + 1}") for k, img in enumerate(run.images)
     ]
-    summary = (
-        f"{n} image{'s' if n > 1 else ''} from **{ref}** (T={T}) with `{sampler}`, {steps} steps, seed {seed}: "
-        f"{elapsed:.1f} s on {pipe.device}."
+    return grid_image(run), singles, trajectory, run.summary()
+
+
+def grid_image(run: Run) -> Image.Image:
+    """The final grid as the browser shows it: ``ddpm-hub sample``'s grid, enlarged by a whole factor."""
+    return _enlarge(_grid(run.images), 512)
+
+
+def live_image(frame: Frame) -> Image.Image:
+    """x_t (left) and the predicted x_0 (right) of every image, after ``frame.step``."""
+    return _side_by_side(_enlarge(_grid(frame.sample), 320), _enlarge(_grid(frame.x0), 320))
+
+
+def live_caption(frame: Frame) -> str:
+    return (
+        f"**Step {frame.step} of {frame.steps}** (t = {frame.t}). Left: x_t, the images being denoised. "
+        "Right: the model's current guess of the finished images (predicted x_0)."
     )
-    return grid, singles, trajectory, summary
+
+
+def follow_image(frame: Frame, index: int) -> Image.Image:
+    """One image, large: its x_t (left) and predicted x_0 (right) after ``frame.step``."""
+    return _side_by_side(
+        _enlarge(_grid(frame.sample[index : index + 1], padding=0), 280),
+        _enlarge(_grid(frame.x0[index : index + 1], padding=0), 280),
+        gap=16,
+    )
+
+
+def follow_caption(frame: Frame, index: int) -> str:
+    return (
+        f"Image {index + 1}, **step {frame.step} of {frame.steps}** (t = {frame.t}): "
+        "left x_t, right the predicted x_0."
+    )
+
+
+def frame_at(frames: list[Frame], step: int) -> Frame:
+    """The last recorded frame at or before ``step`` (every step is recorded up to ``MAX_FRAMES`` steps)."""
+    earlier = [f for f in frames if f.step <= step]
+    return earlier[-1] if earlier else frames[0]
+
+
+def reproduce_command(run: Run, default: ModelRef) -> str:
+    """A ``ddpm-hub sample`` line that makes the same grid (the Hub model pinned to the commit used)."""
+    ref = run.model.ref
+    if ref.kind == "hub":
+        model = ref.location
+    elif Path(ref.location) == DEFAULT_MODEL_DIR:
+        model = "spaces/default-model"  # the bundled model, in a ddpm-hub checkout
+    else:
+        model = ref.location
+    revision = run.model.commit or ref.revision
+    parts = ["ddpm-hub sample", _quote(model)]
+    if revision:
+        parts += ["--revision", revision]
+    parts += [
+        f"--sampler {run.sampler}",
+        f"--steps {run.steps}",
+        f"--num-images {run.n}",
+        f"--seed {run.seed}",
+        "--out grid.png",
+    ]
+    return " ".join(parts)
+
+
+def _quote(text: str) -> str:
+    return text if re.fullmatch(r"[\w./@:+-]+", text) else "'" + text.replace("'", "'\\''") + "'"
+
+
+_FILES = Path(tempfile.gettempdir()) / "ddpm-hub-space"
+
+
+def _save(make, name: str) -> str:
+    """Write a download into a fresh folder (``make(path)``); folders older than an hour are removed."""
+    _FILES.mkdir(exist_ok=True)
+    now = time.time()
+    for old in _FILES.iterdir():
+        if now - old.stat().st_mtime > 3600:
+            shutil.rmtree(old, ignore_errors=True)
+    folder = _FILES / uuid.uuid4().hex
+    folder.mkdir()
+    path = folder / name
+    make(path)
+    return str(path)
+
+
+def grid_file(run: Run) -> str:
+    name = f"ddpm-hub-{run.sampler}-{run.steps}steps-seed{run.seed}.png"
+    return _save(lambda path: grid_image(run).save(path), name)
+
+
+def gif_file(run: Run, index: int) -> str:
+    """The followed image's trajectory as an animated GIF (the final frame held for two seconds)."""
+    frames = [follow_image(f, index) for f in run.frames]
+    durations = [max(40, 4000 // len(frames))] * (len(frames) - 1) + [2000]
+
+    def write(path: Path) -> None:
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+
+    return _save(write, f"ddpm-hub-image{index + 1}-seed{run.seed}.gif")
 
 
 # ---------------------------------------------------------------------------------------------- explain
@@ -295,11 +628,9 @@ def _forward_coefficients(scheduler, timesteps: torch.Tensor) -> tuple[torch.Ten
     return scheduler.add_noise(ones, zeros, timesteps), scheduler.add_noise(zeros, ones, timesteps)
 
 
-def schedule(model, revision, *, allow_local: bool, default: ModelRef):
-    """The loaded model's schedule: a beta_t plot, an alpha_bar / signal / noise plot, and a summary."""
-    ref = resolve_model(model, revision, allow_local=allow_local, default=default)
-    scheduler = load_model(ref).scheduler
-    T = num_train_timesteps(load_model(ref))
+def _schedule_frames(loaded: Loaded):
+    scheduler = loaded.pipe.scheduler
+    T = loaded.T
     t = torch.arange(T)
     signal, noise = _forward_coefficients(scheduler, t)
     betas = torch.as_tensor(scheduler.betas, dtype=torch.float64)
@@ -315,56 +646,103 @@ def schedule(model, revision, *, allow_local: bool, default: ModelRef):
     )
     config = scheduler.config
     summary = (
-        f"**{ref}**: `{type(scheduler).__name__}`, T={T}, `beta_schedule={config.get('beta_schedule')}`, "
-        f"beta from {betas[0].item():.3g} to {betas[-1].item():.3g}. At t=T-1 the image keeps "
-        f"sqrt(alpha_bar)={signal[-1].item():.2g} of its signal, so sampling starts from almost pure noise."
+        f"**{loaded.describe()}**: `{type(scheduler).__name__}`, T={T}, "
+        f"`beta_schedule={config.get('beta_schedule')}`, beta from {betas[0].item():.3g} to "
+        f"{betas[-1].item():.3g}. At t=T-1 the image keeps sqrt(alpha_bar)={signal[-1].item():.2g} of its "
+        "signal, so sampling starts from almost pure noise."
     )
     return beta_df, curves_df, summary
+
+
+def schedule(model, revision, *, allow_local: bool, default: ModelRef):
+    """The loaded model's schedule: a beta_t plot, an alpha_bar / signal / noise plot, and a summary."""
+    return _schedule_frames(
+        load_model(resolve_model(model, revision, allow_local=allow_local, default=default))
+    )
 
 
 def _mnist_image(index: int) -> Image.Image:
     return _mnist5k()[index]["image"]
 
 
-@functools.lru_cache(maxsize=1)
+_MNIST = None
+
+
 def _mnist5k():
-    from datasets import load_dataset
+    global _MNIST
+    if _MNIST is None:
+        from datasets import load_dataset
 
-    return load_dataset("parquet", data_files=str(MNIST5K), split="train")
+        _MNIST = load_dataset("parquet", data_files=str(MNIST5K), split="train")
+    return _MNIST
 
 
-def _image_to_model_space(image: Image.Image, shape: tuple[int, int, int]) -> torch.Tensor:
-    """A PIL image to a (1, C, H, W) tensor in [-1, 1] in the model's shape (center crop and resize)."""
-    c, h, w = shape
-    image = ImageOps.fit(image.convert("L" if c == 1 else "RGB"), (w, h), Image.BICUBIC)
+def prepare_upload(image) -> tuple[Image.Image, list[str]]:
+    """A visitor's image as greyscale or RGB at its own size (at most ``MAX_UPLOAD_SIDE``), and what was
+    converted on the way, in words."""
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image))
+    notes = []
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        flat = Image.new("RGBA", image.size, "white")
+        flat.alpha_composite(image.convert("RGBA"))
+        image = flat.convert("L" if image.mode == "LA" else "RGB")
+        notes.append("transparent parts shown on white")
+    elif image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        span = max(array.max() - array.min(), 1e-12)
+        image = Image.fromarray(((array - array.min()) / span * 255).round().astype(np.uint8))
+        notes.append("16/32-bit greyscale scaled to 8 bits")
+    elif image.mode not in ("L", "RGB"):
+        notes.append(f"{image.mode} converted to {'greyscale' if image.mode == '1' else 'RGB'}")
+        image = image.convert("L" if image.mode == "1" else "RGB")
+    if max(image.size) > MAX_UPLOAD_SIDE:
+        before = image.size
+        image = image.copy()
+        image.thumbnail((MAX_UPLOAD_SIDE, MAX_UPLOAD_SIDE), Image.LANCZOS)
+        notes.append(
+            f"scaled down from {before[0]}x{before[1]} to {image.width}x{image.height} "
+            f"(at most {MAX_UPLOAD_SIDE} pixels a side keeps the page fast)"
+        )
+    return image, notes
+
+
+def _to_model_space(image: Image.Image) -> torch.Tensor:
+    """A greyscale or RGB PIL image to a (1, C, H, W) tensor in [-1, 1], at its own size."""
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    array = array[None] if c == 1 else array.transpose(2, 0, 1)
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))[None]
 
 
 def forward_process(model, revision, image, dataset_index, t, seed, *, allow_local: bool, default: ModelRef):
-    """q(x_t | x_0) on an uploaded image (or MNIST-5k digit ``dataset_index``): (x_0 | eps | x_t) and a summary."""
-    ref = resolve_model(model, revision, allow_local=allow_local, default=default)
-    pipe = load_model(ref)
-    T = num_train_timesteps(pipe)
+    """q(x_t | x_0) on an uploaded image (or MNIST-5k digit ``dataset_index``): (x_0 | eps | x_t) and a summary.
+
+    The image keeps its colour and size (up to ``MAX_UPLOAD_SIDE``): the forward process is the same per
+    pixel whatever the model was trained on; the summary says what was converted.
+    """
+    loaded = load_model(resolve_model(model, revision, allow_local=allow_local, default=default))
+    T = loaded.T
     t = _checked_int("t", t, 0, T - 1, f" (this model has T={T})")
     seed = _checked_int("Noise seed", seed, 0, MAX_SEED)
     if image is None:
         index = _checked_int("Dataset image", dataset_index, 0, MNIST5K_SIZE - 1)
         image, source = _mnist_image(index), f"MNIST-5k digit #{index}"
     else:
-        source = "your image"
-    if not isinstance(image, Image.Image):
-        image = Image.fromarray(np.asarray(image))
-    x0 = _image_to_model_space(image, pipe.image_shape)
+        image, notes = prepare_upload(image)
+        colour = "colour" if image.mode == "RGB" else "greyscale"
+        source = (
+            f"your image ({colour}, {image.width}x{image.height}" + "".join(f"; {n}" for n in notes) + ")"
+        )
+    x0 = _to_model_space(image)
     noise = torch.randn(x0.shape, generator=torch.Generator("cpu").manual_seed(seed))
     timesteps = torch.tensor([t])
-    xt = pipe.scheduler.add_noise(x0, noise, timesteps)  # seed: "Add noise to images"
-    signal, noise_scale = _forward_coefficients(pipe.scheduler, timesteps)
-    strip = _enlarge(make_grid(_to_unit(torch.cat([x0, noise.clamp(-1, 1), xt])), nrow=3, padding=2), 600)
+    xt = loaded.pipe.scheduler.add_noise(x0, noise, timesteps)  # seed: "Add noise to images"
+    signal, noise_scale = _forward_coefficients(loaded.pipe.scheduler, timesteps)
+    panels = _to_uint8(torch.cat([x0, noise.clamp(-1, 1), xt]))
+    strip = _enlarge(_grid(panels, nrow=3, padding=2), 600)
     summary = (
         f"{source} at t={t}: x_t = {signal.item():.4f} x_0 + {noise_scale.item():.4f} eps "
-        f"(left to right: x_0, eps, x_t; model {ref}, T={T})."
+        f"(left to right: x_0, eps, x_t; model {loaded.describe()}, T={T})."
     )
     return strip, summary
 
@@ -372,11 +750,9 @@ def forward_process(model, revision, image, dataset_index, t, seed, *, allow_loc
 # ---------------------------------------------------------------------------------------------- the UI
 
 
-INTRO = """# ddpm-hub: watch a diffusion model draw
-A DDPM starts from pure noise and removes a little of it at each of T steps. Pick a model and a sampler,
-press **Generate**, and see the image emerge: the trajectory shows the noisy x_t and the model's guess of
-the clean image x_0 along the way. The **Explain** tab shows the noise schedule and the forward process
-that the model was trained to undo. Built with [ddpm-hub](https://github.com/ddpm-hub/ddpm-hub)."""
+INTRO = """# Watch a diffusion model draw
+From pure noise, a little less at each step: press **Generate** and watch the noisy images (x_t) and the
+model's guess of the result (x_0) sharpen."""
 
 
 def build_demo(
@@ -404,115 +780,136 @@ def build_demo(
     )
     samplers = sampler_names()
     initial_sampler = "sde-dpm-solver++" if "sde-dpm-solver++" in samplers else samplers[0]
+    initial_T = 512
     concurrency = concurrency_limit or int(os.environ.get("DDPM_HUB_SPACE_CONCURRENCY", "2"))
     opts = dict(allow_local=allow_local, default=default)
-    model_info = "a Hub repo id (namespace/name) or a preset; leave the default for the bundled model" + (
-        "; a folder on this server is also accepted" if allow_local else ""
-    )
+    low, initial_steps, _ = step_bounds(initial_sampler, initial_T)
 
-    def _generate(model, revision, sampler, steps, num_images, seed, progress=gr.Progress()):  # noqa: B008 (gradio's idiom)
-        return generate(model, revision, sampler, steps, num_images, seed, progress=progress, **opts)
+    def _message(text: str | None):
+        return gr.update(value=f"⚠️ {text}" if text else "", visible=bool(text))
 
-    def _schedule(model, revision):
-        return schedule(model, revision, **opts)
-
-    def _forward(model, revision, image, dataset_index, t, seed):
-        return forward_process(model, revision, image, dataset_index, t, seed, **opts)
-
-    def _on_model_change(model, revision, sampler, t):
-        """Fit the step and t sliders to the model's T, and redraw the schedule."""
-        pipe = load_model(resolve_model(model, revision, **opts))
-        T = num_train_timesteps(pipe)
-        beta_df, curves_df, summary = schedule(model, revision, **opts)
-        return (
-            gr.update(maximum=T, value=default_steps(sampler, T)),
-            gr.update(maximum=T - 1, value=min(int(t), T - 1)),
-            beta_df,
-            curves_df,
-            summary,
-        )
-
-    def _on_sampler_change(model, revision, sampler):
-        T = num_train_timesteps(load_model(resolve_model(model, revision, **opts)))
-        return gr.update(value=default_steps(sampler, T))
-
-    with gr.Blocks(title="ddpm-hub: watch a diffusion model draw") as demo:
-        gr.Markdown(INTRO)
-        with gr.Row():
+    with gr.Blocks(title="ddpm-hub: watch a diffusion model draw", delete_cache=(3600, 3600)) as demo:
+        current = gr.State((DEFAULT_MODEL_LABEL, ""))  # the model and revision that last loaded
+        last_run = gr.State(None)
+        gr.Markdown(INTRO, elem_id="intro")
+        with gr.Row(equal_height=False):
             model = gr.Dropdown(
                 [DEFAULT_MODEL_LABEL, *presets],
                 value=DEFAULT_MODEL_LABEL,
                 allow_custom_value=True,
                 label="Model",
-                info=model_info,
+                info="pick one, or type a Hub model id (namespace/name)"
+                + ("; a folder on this server also works" if allow_local else ""),
                 scale=3,
+                min_width=240,
                 elem_id="model",
             )
             revision = gr.Textbox(
-                label="Revision",
-                placeholder="main",
-                info="Hub branch, tag or commit (optional)",
+                label="Revision (optional)",
+                placeholder="main: or a branch, tag, commit",
                 scale=1,
+                min_width=120,
                 elem_id="revision",
             )
+        message = gr.Markdown(visible=False, elem_id="message")
         with gr.Tab("Generate", elem_id="tab-generate"):
-            with gr.Row():
-                with gr.Column(scale=1, min_width=280):
-                    sampler = gr.Radio(
-                        samplers,
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=280, elem_id="controls"):
+                    sampler = gr.Dropdown(
+                        [(sampler_label(s), s) for s in samplers],
                         value=initial_sampler,
                         label="Sampler",
                         elem_id="sampler",
-                        info="ddpm: the seed's loop, all T steps; sde-dpm-solver++ (stochastic), dpm-solver++, ddim: fewer steps",
                     )
                     steps = gr.Slider(
-                        1,
+                        min(get_samplers()[s].min_steps for s in samplers),
                         MAX_STEPS,
-                        value=default_steps(initial_sampler, 512),
+                        value=initial_steps,
                         step=1,
                         label="Steps",
-                        info="at most the model's T",
+                        info=f"this sampler: {low} to T",
                         elem_id="steps",
                     )
-                    num_images = gr.Slider(
-                        1, MAX_IMAGES, value=16, step=1, label="Number of images", elem_id="num-images"
-                    )
-                    seed = gr.Number(
-                        0,
-                        label="Seed",
-                        precision=0,
-                        minimum=0,
-                        maximum=MAX_SEED,
-                        elem_id="seed",
-                        info="the same seed gives the same images",
-                    )
+                    with gr.Row():
+                        num_images = gr.Slider(
+                            1,
+                            MAX_IMAGES,
+                            value=16,
+                            step=1,
+                            label="Images",
+                            min_width=120,
+                            elem_id="num-images",
+                        )
+                        seed = gr.Number(
+                            0,
+                            label="Seed",
+                            precision=0,
+                            minimum=0,
+                            maximum=MAX_SEED,
+                            min_width=100,
+                            elem_id="seed",
+                        )
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
-                with gr.Column(scale=2):
+                with gr.Column(scale=2, min_width=280):
                     grid = gr.Image(
-                        label="Samples",
+                        show_label=False,
                         type="pil",
                         format="png",
                         interactive=False,
                         height=420,
-                        buttons=["download", "fullscreen"],
+                        buttons=["fullscreen"],
+                        placeholder="Press Generate: the images appear here while they are drawn",
                         elem_id="grid",
                     )
                     summary = gr.Markdown(elem_id="generate-summary")
-            trajectory = gr.Gallery(
-                label="Denoising trajectory: x_t and the predicted x0 at a few steps",
-                columns=6,
-                height="auto",
-                format="png",
-                object_fit="contain",
-                elem_id="trajectory",
-            )
-            with gr.Accordion("Individual images", open=False):
+                    with gr.Row(equal_height=True):
+                        reproduce = gr.Textbox(
+                            label="Same grid on your machine",
+                            interactive=False,
+                            buttons=["copy"],
+                            lines=1,
+                            max_lines=4,
+                            scale=3,
+                            min_width=200,
+                            elem_id="reproduce",
+                        )
+                        download_grid = gr.DownloadButton(
+                            "Download grid (PNG)",
+                            interactive=False,
+                            size="md",
+                            scale=1,
+                            min_width=140,
+                            elem_id="download-grid",
+                        )
+            gr.Markdown("### Follow one image through the steps", elem_id="follow-title")
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=2, min_width=280):
+                    trajectory = gr.Image(
+                        show_label=False,
+                        type="pil",
+                        format="png",
+                        interactive=False,
+                        buttons=["fullscreen"],
+                        placeholder="x_t and the predicted x_0 of one image, step by step",
+                        elem_id="trajectory",
+                    )
+                    trajectory_caption = gr.Markdown(elem_id="trajectory-caption")
+                with gr.Column(scale=1, min_width=240):
+                    follow = gr.Slider(1, 16, value=1, step=1, label="Image", elem_id="follow")
+                    step_slider = gr.Slider(
+                        1, initial_steps, value=initial_steps, step=1, label="Step", elem_id="step"
+                    )
+                    download_gif = gr.DownloadButton(
+                        "Download animation (GIF)", interactive=False, size="md", elem_id="download-gif"
+                    )
+            with gr.Accordion("Individual images (click one to follow it)", open=False):
                 singles = gr.Gallery(
-                    label="Images",
+                    show_label=False,
                     columns=8,
                     height="auto",
                     format="png",
-                    buttons=["download", "download_all"],
+                    allow_preview=False,
+                    buttons=["download_all"],
                     elem_id="singles",
                 )
         with gr.Tab("Explain", elem_id="tab-explain"):
@@ -530,7 +927,9 @@ def build_demo(
                     title="beta_t",
                     x_title="t",
                     y_title="beta",
+                    x_lim=[0, initial_T],
                     height=300,
+                    min_width=280,
                     elem_id="beta-plot",
                 )
                 curves_plot = gr.LinePlot(
@@ -540,31 +939,38 @@ def build_demo(
                     x_title="t",
                     y_title="",
                     title="alpha_bar_t, signal and noise",
+                    x_lim=[0, initial_T],
                     height=300,
+                    min_width=280,
                     elem_id="curves-plot",
                 )
             gr.Markdown(
-                "### The forward process q(x_t | x_0)\nUpload an image, or pick a digit of the built-in "
-                "MNIST-5k, and choose t: `scheduler.add_noise` makes x_t."
+                "### The forward process q(x_t | x_0)\nPick a digit of the built-in MNIST-5k or upload an "
+                "image (it keeps its colour and size), and move t: `scheduler.add_noise` makes x_t."
             )
-            with gr.Row():
+            with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=280):
-                    upload = gr.Image(
-                        label="Your image (optional)",
-                        type="pil",
-                        sources=["upload", "clipboard"],
-                        height=200,
-                        elem_id="upload",
+                    source = gr.Radio(
+                        [SOURCE_DIGIT, SOURCE_UPLOAD], value=SOURCE_DIGIT, label="Image", elem_id="source"
                     )
                     dataset_index = gr.Slider(
                         0, MNIST5K_SIZE - 1, value=0, step=1, label="MNIST-5k digit", elem_id="dataset-index"
                     )
-                    t_slider = gr.Slider(0, 511, value=100, step=1, label="t", elem_id="t")
-                    noise_seed = gr.Number(0, label="Noise seed", precision=0, minimum=0, maximum=MAX_SEED)
-                    forward_button = gr.Button("Add noise", variant="primary", elem_id="add-noise")
-                with gr.Column(scale=2):
+                    upload = gr.Image(
+                        label="Your image",
+                        type="pil",
+                        image_mode=None,
+                        sources=["upload", "clipboard"],
+                        height=200,
+                        elem_id="upload",
+                    )
+                    t_slider = gr.Slider(0, initial_T - 1, value=100, step=1, label="t", elem_id="t")
+                    noise_seed = gr.Number(
+                        0, label="Noise seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="noise-seed"
+                    )
+                with gr.Column(scale=2, min_width=280):
                     forward_image = gr.Image(
-                        label="x_0, eps, x_t",
+                        show_label=False,
                         type="pil",
                         format="png",
                         interactive=False,
@@ -573,37 +979,247 @@ def build_demo(
                     )
                     forward_summary = gr.Markdown(elem_id="forward-summary")
 
-        go.click(
-            _generate,
+        # -- the API: stable names and signatures; errors are raised (gradio_client gets an AppError)
+        with gr.Row(visible=False):
+            api_grid = gr.Image(type="pil", format="png")
+            api_singles = gr.Gallery(format="png")
+            api_trajectory = gr.Gallery(format="png")
+            api_summary = gr.Markdown()
+            api_forward = gr.Image(type="pil", format="png")
+            api_forward_summary = gr.Markdown()
+            api_beta, api_curves = gr.LinePlot(x="t", y="value"), gr.LinePlot(x="t", y="value")
+            api_schedule_summary = gr.Markdown()
+            api_generate = gr.Button()
+            api_schedule = gr.Button()
+            api_forward_button = gr.Button()
+
+        def _api_generate(model, revision, sampler, steps, num_images, seed):
+            return generate(model, revision, sampler, steps, num_images, seed, **opts)
+
+        def _api_schedule(model, revision):
+            return schedule(model, revision, **opts)
+
+        def _api_forward(model, revision, image, dataset_index, t, seed):
+            return forward_process(model, revision, image, dataset_index, t, seed, **opts)
+
+        api_generate.click(
+            _api_generate,
             [model, revision, sampler, steps, num_images, seed],
-            [grid, singles, trajectory, summary],
+            [api_grid, api_singles, api_trajectory, api_summary],
             api_name="generate",
         )
-        forward_inputs = [model, revision, upload, dataset_index, t_slider, noise_seed]
-        forward_button.click(
-            _forward, forward_inputs, [forward_image, forward_summary], api_name="forward_process"
+        api_schedule.click(
+            _api_schedule,
+            [model, revision],
+            [api_beta, api_curves, api_schedule_summary],
+            api_name="schedule",
         )
-        for trigger in (t_slider.release, dataset_index.release, upload.change):
-            trigger(_forward, forward_inputs, [forward_image, forward_summary], api_visibility="private")
-        model.change(
-            _on_model_change,
-            [model, revision, sampler, t_slider],
-            [steps, t_slider, beta_plot, curves_plot, schedule_summary],
-            api_visibility="private",
+        api_forward_button.click(
+            _api_forward,
+            [model, revision, upload, dataset_index, t_slider, noise_seed],
+            [api_forward, api_forward_summary],
+            api_name="forward_process",
         )
+
+        # -- the page: handlers never raise; what went wrong goes to `message`, every control keeps working
+
+        model_outputs = [
+            model,
+            revision,
+            current,
+            message,
+            steps,
+            t_slider,
+            beta_plot,
+            curves_plot,
+            schedule_summary,
+        ]
+
+        def _on_model_change(model_value, revision_value, sampler_value, t_value, current_value):
+            try:
+                loaded = load_model(resolve_model(model_value, revision_value, **opts))
+            except SpaceInputError as exc:
+                previous_model, previous_revision = current_value
+                still = previous_model + (f" @ {previous_revision}" if previous_revision else "")
+                return (
+                    gr.update(value=previous_model),
+                    gr.update(value=previous_revision),
+                    current_value,
+                    _message(f"{exc.message.rstrip('.')}. Still using: {still}."),
+                    *[gr.update()] * 5,
+                )
+            T = loaded.T
+            low, value, high = step_bounds(sampler_value, T)
+            beta_df, curves_df, text = _schedule_frames(loaded)
+            return (
+                gr.update(),
+                gr.update(),
+                (model_value, revision_value or ""),
+                _message(None),
+                gr.update(minimum=low, maximum=high, value=value, info=f"this sampler: {low} to T={T}"),
+                gr.update(maximum=T - 1, value=min(int(t_value), T - 1)),
+                gr.update(value=beta_df, x_lim=[0, T]),
+                gr.update(value=curves_df, x_lim=[0, T]),
+                text,
+            )
+
+        model_inputs = [model, revision, sampler, t_slider, current]
+        for trigger in (model.input, revision.submit, revision.blur):
+            trigger(_on_model_change, model_inputs, model_outputs, api_visibility="private")
+        demo.load(_on_model_change, model_inputs, model_outputs, api_visibility="private")
+
+        def _on_sampler_change(model_value, revision_value, sampler_value):
+            try:
+                T = load_model(resolve_model(model_value, revision_value, **opts)).T
+            except SpaceInputError:
+                T = initial_T
+            low, value, high = step_bounds(sampler_value, T)
+            return gr.update(minimum=low, maximum=high, value=value, info=f"this sampler: {low} to T={T}")
+
         sampler.change(_on_sampler_change, [model, revision, sampler], [steps], api_visibility="private")
-        # The schedule endpoint for API users; on page load, the sliders and plots follow the default model.
-        schedule_api = gr.Button(visible=False)
-        schedule_api.click(
-            _schedule, [model, revision], [beta_plot, curves_plot, schedule_summary], api_name="schedule"
-        )
-        demo.load(
-            _on_model_change,
-            [model, revision, sampler, t_slider],
-            [steps, t_slider, beta_plot, curves_plot, schedule_summary],
+
+        run_outputs = [
+            message,
+            grid,
+            summary,
+            trajectory,
+            trajectory_caption,
+            last_run,
+            step_slider,
+            follow,
+            reproduce,
+            download_grid,
+            download_gif,
+            singles,
+        ]
+
+        def _generate_page(model_value, revision_value, sampler_value, steps_value, n, seed_value, index):
+            updates = {component: gr.update() for component in run_outputs}
+            try:
+                stream = generate_stream(
+                    model_value, revision_value, sampler_value, steps_value, n, seed_value, **opts
+                )
+                try:  # the image followed: the one chosen before, if this run has it
+                    index = int(index) - 1 if 1 <= int(index) <= int(n) else 0
+                except (TypeError, ValueError):
+                    index = 0
+                for item in stream:
+                    if isinstance(item, list):
+                        frame = item[-1]
+                        yield {
+                            **updates,
+                            message: _message(None),
+                            grid: live_image(frame),
+                            summary: live_caption(frame),
+                            trajectory: follow_image(frame, index),
+                            trajectory_caption: follow_caption(frame, index),
+                        }
+                    else:
+                        run = item
+            except SpaceInputError as exc:
+                yield {**updates, message: _message(exc.message)}
+                return
+            last = run.frames[-1]
+            yield {
+                message: _message(None),
+                grid: grid_image(run),
+                summary: run.summary(),
+                trajectory: follow_image(last, index),
+                trajectory_caption: follow_caption(last, index),
+                last_run: run,
+                step_slider: gr.update(maximum=run.steps, value=run.steps),
+                follow: gr.update(maximum=max(run.n, 2), value=index + 1, interactive=run.n > 1),
+                reproduce: run.command,
+                download_grid: gr.update(value=grid_file(run), interactive=True),
+                download_gif: gr.update(value=gif_file(run, index), interactive=True),
+                singles: [
+                    (_enlarge(_grid(img[None], padding=0), 112), f"image {k + 1}")
+                    for k, img in enumerate(run.images)
+                ],
+            }
+
+        go.click(
+            _generate_page,
+            [model, revision, sampler, steps, num_images, seed, follow],
+            run_outputs,
             api_visibility="private",
+            show_progress="hidden",
         )
-        demo.load(_forward, forward_inputs, [forward_image, forward_summary], api_visibility="private")
+
+        def _show_step(run: Run | None, index, step):
+            if run is None:
+                return gr.update(), gr.update()
+            index = min(int(index), run.n) - 1
+            frame = frame_at(run.frames, int(step))
+            return follow_image(frame, index), follow_caption(frame, index)
+
+        step_slider.change(
+            _show_step,
+            [last_run, follow, step_slider],
+            [trajectory, trajectory_caption],
+            api_visibility="private",
+            show_progress="hidden",
+            trigger_mode="always_last",
+        )
+
+        def _follow(run: Run | None, index, step):
+            if run is None:
+                return gr.update(), gr.update(), gr.update()
+            picture, caption = _show_step(run, index, step)
+            return picture, caption, gr.update(value=gif_file(run, min(int(index), run.n) - 1))
+
+        follow.change(
+            _follow,
+            [last_run, follow, step_slider],
+            [trajectory, trajectory_caption, download_gif],
+            api_visibility="private",
+            show_progress="hidden",
+            trigger_mode="always_last",
+        )
+
+        def _pick(evt: gr.SelectData):
+            return evt.index + 1
+
+        singles.select(_pick, None, follow, api_visibility="private").then(
+            _follow,
+            [last_run, follow, step_slider],
+            [trajectory, trajectory_caption, download_gif],
+            api_visibility="private",
+            show_progress="hidden",
+        )
+
+        # -- Explain: the digit and the upload are two sources, the radio says which one is shown
+
+        def _forward_page(model_value, revision_value, source_value, image, index, t, noise):
+            try:
+                picture, text = forward_process(
+                    model_value,
+                    revision_value,
+                    image if source_value == SOURCE_UPLOAD else None,
+                    index,
+                    t,
+                    noise,
+                    **opts,
+                )
+            except SpaceInputError as exc:
+                return gr.update(), f"⚠️ {exc.message}"
+            if source_value == SOURCE_UPLOAD and image is None:
+                text = "No image uploaded yet, so the MNIST digit is shown. " + text
+            return picture, text
+
+        forward_inputs = [model, revision, source, upload, dataset_index, t_slider, noise_seed]
+        forward_outputs = [forward_image, forward_summary]
+        redraw = dict(api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+        for trigger in (t_slider.change, noise_seed.change, source.change):
+            trigger(_forward_page, forward_inputs, forward_outputs, **redraw)
+        dataset_index.change(lambda: SOURCE_DIGIT, None, source, api_visibility="private").then(
+            _forward_page, forward_inputs, forward_outputs, **redraw
+        )
+        upload.upload(lambda: SOURCE_UPLOAD, None, source, api_visibility="private").then(
+            _forward_page, forward_inputs, forward_outputs, **redraw
+        )
+        upload.clear(lambda: SOURCE_DIGIT, None, source, api_visibility="private")
+        demo.load(_forward_page, forward_inputs, forward_outputs, api_visibility="private")
 
     demo.queue(default_concurrency_limit=concurrency, max_size=64)
     return demo

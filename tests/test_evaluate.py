@@ -31,6 +31,24 @@ def test_shipped_classifier_recognises_held_out_digits(reference):
     assert reference.features.shape == (1000, ev.MnistClassifier.feature_dim)
 
 
+def test_a_custom_classifier_is_compared_with_its_own_reference_features(monkeypatch):
+    """Reference features are the classifier's: cached for the shipped one, never mixed with a custom one's."""
+    monkeypatch.setattr(ev, "_REFERENCE_CACHE", {})
+    held_out = ev.load_images("mnist5k")  # the reference split itself: fd ~ 0 in any classifier's features
+    torch.manual_seed(0)
+    custom = ev.MnistClassifier().eval()
+    shipped = ev.evaluate_images(held_out).fd  # fills the cache with the shipped classifier's features
+    assert ev.evaluate_images(held_out, classifier=custom).fd < 1e-3
+    assert ev.evaluate_images(held_out).fd == pytest.approx(shipped, abs=1e-9) and shipped < 1e-3
+
+    # a reference given as a file: the custom classifier's features do not replace the shipped one's
+    path = str(ev.MNIST5K)
+    digits = ev.load_images("mnist5k", range(0, 200))
+    expected = ev.evaluate_images(digits, ev.Reference.from_dataset(path)).fd
+    ev.evaluate_images(digits, path, classifier=custom)
+    assert ev.evaluate_images(digits, path).fd == pytest.approx(expected, rel=1e-9)
+
+
 def test_frechet_distance_matches_the_closed_form_for_gaussians():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(20000, 4, generator=g, dtype=torch.float64)

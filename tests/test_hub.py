@@ -15,7 +15,7 @@ from huggingface_hub import HfApi, ModelCard
 
 from ddpm_hub import DDPMHubPipeline, DDPMHubScheduler, UNet, load_pipeline
 from ddpm_hub.cli import main as cli_main
-from ddpm_hub.hub import HubLoadError, HubPushError, push, write_model_card
+from ddpm_hub.hub import HubPushError, push, write_model_card
 
 T = 32  # diffusion steps: small enough that sampling the full reverse loop takes well under a second
 _names = itertools.count()
@@ -179,6 +179,36 @@ def test_model_card_says_how_it_was_trained_and_how_to_load_it(tmp_path, run_dir
     n = sum(p.numel() for p in unet.parameters())
     assert f"{n / 1e3:.1f}k parameters" in text
     assert "samples.png" not in text
+
+
+@pytest.mark.parametrize(
+    ("prediction_type", "objective"),
+    [
+        ("epsilon", "the MSE of the predicted added noise"),
+        ("v_prediction", "the MSE of the predicted velocity v = sqrt(alpha_bar) * noise"),
+        ("sample", "the MSE of the predicted clean image x_0"),
+    ],
+)
+def test_the_card_states_the_objective_of_the_prediction_type(tmp_path, prediction_type, objective):
+    folder = tmp_path / prediction_type
+    scheduler = DDPMHubScheduler(num_train_timesteps=T, prediction_type=prediction_type)
+    DDPMHubPipeline(tiny_unet(), scheduler).save_pretrained(folder)
+    text = ModelCard.load(write_model_card(folder, TRAIN_INFO)).text
+    assert f"Objective: {objective}" in text and f"| prediction | {prediction_type} |" in text
+    assert ("noise" in text.split("Objective:")[1].splitlines()[0]) == (prediction_type != "sample")
+
+
+def test_the_card_takes_sampler_steps_from_the_registry(run_dir, monkeypatch):
+    import dataclasses
+
+    from ddpm_hub import plugins
+
+    registry = plugins._registry("samplers")
+    for name, steps in (("ddim", 7), ("dpm-solver++", 9), ("sde-dpm-solver++", 11)):
+        monkeypatch.setitem(registry, name, dataclasses.replace(registry[name], default_steps=steps))
+    text = ModelCard.load(write_model_card(run_dir / "pipeline", TRAIN_INFO)).text
+    assert "`sde-dpm-solver++` (11 steps" in text and "`dpm-solver++` (9 steps" in text
+    assert "`ddim` (7 steps" in text and 'sampler="ddim", num_inference_steps=7)' in text
 
 
 def test_a_card_written_at_training_time_gets_the_repo_id_when_pushed(hub_server, run_dir):
@@ -391,164 +421,9 @@ def test_cli_push_then_sample_from_the_repo(hub_server, run_dir, tmp_path, capsy
     assert Image.open(out).size[0] > 8
 
 
-# -- offline ----------------------------------------------------------------------------------------
-
-
-def test_offline_loads_from_the_cache(hub_server, run_dir, cache, monkeypatch):
-    import huggingface_hub.constants
-
-    repo_id = unique_repo(hub_server.user, "offline")
-    info = push(run_dir, repo_id)
-    online = sample(load_pipeline(repo_id, cache_dir=cache))
-    load_pipeline(repo_id, revision=info.oid, cache_dir=cache)
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    n_requests = len(hub_server.state.requests)
-    assert torch.equal(sample(load_pipeline(repo_id, cache_dir=cache)), online)
-    assert torch.equal(sample(load_pipeline(repo_id, revision=info.oid, cache_dir=cache)), online)
-    assert len(hub_server.state.requests) == n_requests  # not one request went out
-
-    with pytest.raises(HubLoadError, match="not in the local cache .* offline mode is on") as err:
-        load_pipeline(repo_id, cache_dir=cache.parent / "other-cache")
-    assert err.value.reason == "offline_not_cached"
-
-
-def test_hub_down_loads_from_the_cache_or_says_it_cannot_be_reached(hub_server, run_dir, cache, monkeypatch):
-    repo_id = unique_repo(hub_server.user, "outage")
-    push(run_dir, repo_id)
-    online = sample(load_pipeline(repo_id, cache_dir=cache))
-    monkeypatch.setattr(hub_server.state, "outage", 503)
-    assert torch.equal(sample(load_pipeline(repo_id, cache_dir=cache)), online)
-    with pytest.raises(HubLoadError, match=r"not in the local cache .* cannot be reached \(.*503") as err:
-        load_pipeline(repo_id, cache_dir=cache.parent / "other-cache")
-    assert err.value.reason == "offline_not_cached"
-
-
-# -- errors -----------------------------------------------------------------------------------------
-
-
-def test_repo_not_found(hub_server, cache):
-    with pytest.raises(HubLoadError, match="was not found on http://127.0.0.1.*check the repo id") as err:
-        load_pipeline(f"{hub_server.user}/no-such-model", cache_dir=cache)
-    assert err.value.reason == "repo_not_found"
-
-
-def test_revision_not_found(hub_server, run_dir, cache):
-    repo_id = unique_repo(hub_server.user, "revisions")
-    push(run_dir, repo_id)
-    with pytest.raises(HubLoadError, match="has no revision 'v9'.*branch, tag or commit sha") as err:
-        load_pipeline(repo_id, revision="v9", cache_dir=cache)
-    assert err.value.reason == "revision_not_found"
-
-
-def test_private_repo_without_a_token_needs_authentication(hub_server, run_dir, cache, monkeypatch):
-    repo_id = unique_repo(hub_server.user, "secret")
-    push(run_dir, repo_id, private=True)
-    monkeypatch.delenv("HF_TOKEN")
-    with pytest.raises(
-        HubLoadError, match="private and needs authentication: you are not logged in.*hf auth login"
-    ) as err:
-        load_pipeline(repo_id, cache_dir=cache)
-    assert err.value.reason == "authentication"
-    with pytest.raises(HubLoadError, match="refused the token") as err:
-        load_pipeline(repo_id, cache_dir=cache, token="hf_not_a_valid_token")
-    assert err.value.reason == "authentication"
-
-
-def test_invalid_repo_id_and_missing_local_folder(tmp_path):
-    with pytest.raises(ValueError, match="neither an existing local folder nor a valid Hub repo id"):
-        load_pipeline("not a repo!")
-    with pytest.raises(ValueError, match="neither an existing local folder nor a valid Hub repo id"):
-        load_pipeline("a/b/c")
-    with pytest.raises(FileNotFoundError, match="no pipeline folder at"):
-        load_pipeline(tmp_path / "missing")
+def test_push_refuses_an_invalid_repo_id(tmp_path):
     with pytest.raises(ValueError, match="invalid Hub repo id"):
         push(tmp_path, "bad id!")
-
-
-def _upload(repo_id: str, folder: Path) -> None:
-    api = HfApi()
-    api.create_repo(repo_id)
-    api.upload_folder(repo_id=repo_id, folder_path=folder)
-
-
-def test_pickle_only_repo_is_refused_without_downloading_the_pickle(hub_server, tmp_path, cache):
-    folder = tmp_path / "pickled"
-    DDPMHubPipeline(tiny_unet(), DDPMHubScheduler(num_train_timesteps=T)).save_pretrained(
-        folder, safe_serialization=False
-    )
-    assert (folder / "unet" / "diffusion_pytorch_model.bin").is_file()
-    repo_id = unique_repo(hub_server.user, "pickled")
-    _upload(repo_id, folder)
-
-    n_requests = len(hub_server.state.requests)
-    with pytest.raises(
-        HubLoadError, match=r"only as pickle files \(unet/diffusion_pytorch_model.bin\).*safetensors only"
-    ) as err:
-        load_pipeline(repo_id, cache_dir=cache)
-    assert err.value.reason == "pickle_only"
-    assert not any("/resolve/" in path for _, path in hub_server.state.requests[n_requests:])
-    assert not cache.exists() or not list(cache.rglob("*.bin"))
-
-
-def test_incomplete_pipeline_repo(hub_server, tmp_path, cache):
-    folder = tmp_path / "incomplete"
-    DDPMHubPipeline(tiny_unet(), DDPMHubScheduler(num_train_timesteps=T)).save_pretrained(folder)
-    (folder / "scheduler" / "scheduler_config.json").unlink()
-    repo_id = unique_repo(hub_server.user, "incomplete")
-    _upload(repo_id, folder)
-    with pytest.raises(
-        HubLoadError, match="not a complete pipeline.*the scheduler/ folder is missing"
-    ) as err:
-        load_pipeline(repo_id, cache_dir=cache)
-    assert err.value.reason == "incomplete"
-
-    no_index = tmp_path / "no-index"
-    (no_index / "unet").mkdir(parents=True)
-    (no_index / "unet" / "config.json").write_text("{}")
-    repo_id = unique_repo(hub_server.user, "not-a-pipeline")
-    _upload(repo_id, no_index)
-    with pytest.raises(HubLoadError, match="is not a diffusers pipeline: it has no model_index.json"):
-        load_pipeline(repo_id, cache_dir=cache)
-
-
-# -- diffusers' own push_to_hub ---------------------------------------------------------------------
-
-
-def test_stock_diffusers_ddpm_pipeline_pushed_by_diffusers_loads(hub_server, cache):
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-    )
-    stock = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=T))
-    repo_id = unique_repo(hub_server.user, "ddpm-stock")
-    stock.push_to_hub(repo_id)  # diffusers' own upload: create_repo, model card, upload_folder
-    assert "model_index.json" in hub_server.files(repo_id)
-
-    pipe = load_pipeline(repo_id, cache_dir=cache)
-    assert type(pipe.unet).__name__ == "UNet2DModel" and type(pipe.scheduler).__name__ == "DDPMScheduler"
-    expected = stock(
-        batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=T, output_type="np"
-    ).images
-    got = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="np").images
-    assert expected.shape == got.shape == (2, 8, 8, 1)
-    assert abs(expected - got).max() < 1e-5
-
-
-def test_ddpm_hub_pipeline_pushed_with_diffusers_push_to_hub_loads(hub_server, cache):
-    pipe = DDPMHubPipeline(tiny_unet(3), DDPMHubScheduler(num_train_timesteps=T))
-    repo_id = unique_repo(hub_server.user, "diffusers-push")
-    pipe.push_to_hub(repo_id)
-    assert torch.equal(sample(load_pipeline(repo_id, cache_dir=cache)), sample(pipe))
 
 
 # -- the loopback Hub itself ------------------------------------------------------------------------

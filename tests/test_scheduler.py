@@ -282,3 +282,140 @@ def test_out_of_range_timesteps_are_a_clear_error():
         ValueError, match=r"num_inference_steps must be an integer between 1 and .*512, got 600"
     ):
         s.set_timesteps(600)
+
+
+# -- the scheduler owns the training maths: noising, targets, min-SNR weights, x_0 from a model output -----
+
+
+def training_batch(seed: int = 0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x0 = (torch.rand(16, 3, 8, 8, generator=g) * 2 - 1).to(dtype)
+    noise = torch.randn(16, 3, 8, 8, generator=g).to(dtype)
+    t = torch.cat([torch.tensor([0, T - 1]), torch.randint(0, T, (14,), generator=g)])
+    return x0, noise, t
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_training_target_is_the_seeds_in_float32_bit_for_bit(prediction_type):
+    """The training loop's former inline lines, on float32 tables: add_noise and get_target equal them exactly."""
+    s = DDPMHubScheduler(prediction_type=prediction_type)
+    x0, noise, t = training_batch()
+    seed = seed_tables(linear(T))
+    sqrt_alpha_bar = seed["sqrt_alpha_bar"].float()[t].view(-1, 1, 1, 1)
+    sqrt_one_minus_alpha_bar = seed["sqrt_one_minus_alpha_bar"].float()[t].view(-1, 1, 1, 1)
+    x_noisy = sqrt_alpha_bar * x0 + sqrt_one_minus_alpha_bar * noise  # seed: "Add noise to images"
+    expected = {
+        "epsilon": noise,  # seed: F.mse_loss(noise, model(x_noisy, t))
+        "v_prediction": sqrt_alpha_bar * noise - sqrt_one_minus_alpha_bar * x0,
+        "sample": x0,
+    }[prediction_type]
+    assert torch.equal(s.add_noise(x0, noise, t), x_noisy)
+    assert torch.equal(s.get_target(x0, noise, t), expected)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_training_target_matches_diffusers(prediction_type):
+    s = DDPMHubScheduler(prediction_type=prediction_type)
+    d = diffusers_reference(s)
+    x0, noise, t = training_batch(1)
+    expected = {"epsilon": noise, "v_prediction": d.get_velocity(x0, noise, t), "sample": x0}[prediction_type]
+    torch.testing.assert_close(s.get_target(x0, noise, t), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_weights_match_diffusers_compute_snr(prediction_type):
+    """diffusers' training scripts: min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v; lucidrains' for x_0."""
+    from diffusers.training_utils import compute_snr
+
+    s = DDPMHubScheduler(prediction_type=prediction_type)
+    d = diffusers_reference(s)
+    _, _, t = training_batch(2)
+    gamma = 5.0
+    snr = compute_snr(d, t)
+    torch.testing.assert_close(s.snr(t), snr, rtol=1e-5, atol=0)
+    clipped = torch.stack([snr, gamma * torch.ones_like(t)], dim=1).min(dim=1)[0]
+    expected = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[
+        prediction_type
+    ]
+    weights = s.loss_weights(t, gamma)
+    assert weights.shape == (16,) and weights.dtype == torch.float32
+    torch.testing.assert_close(weights, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_min_snr_weights_are_the_former_loop_formula_bit_for_bit():
+    s = DDPMHubScheduler(prediction_type="v_prediction")
+    _, _, t = training_batch(3)
+    alpha_bar = s.alphas_cumprod.to(torch.float32)[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    assert torch.equal(s.loss_weights(t, 5.0), snr.clamp(max=5.0) / (snr + 1))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_x0_and_noise_from_a_model_output_match_diffusers_and_invert_the_target(prediction_type):
+    s = DDPMHubScheduler(prediction_type=prediction_type)
+    d = DDPMScheduler.from_config(s.config)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = fake_model(x, 300)
+    expected = d.step(out, 300, x, generator=torch.Generator().manual_seed(1)).pred_original_sample
+    torch.testing.assert_close(s.predict_original_sample(out, 300, x), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(s.step(out, 300, x).pred_original_sample, expected, rtol=0, atol=1e-5)
+
+    # a perfect model outputs the target: x_0 and the noise come back (float64, so exactly enough)
+    x0, noise, t = training_batch(4, torch.float64)
+    x_t = s.add_noise(x0, noise, t)
+    perfect = s.get_target(x0, noise, t)
+    torch.testing.assert_close(s.predict_original_sample(perfect, t, x_t), x0, rtol=0, atol=1e-9)
+    torch.testing.assert_close(s.predict_noise(perfect, t, x_t), noise, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_x0_for_samplers_whose_step_does_not_return_it(prediction_type):
+    """The pipeline's callback gets x_0 from DPM-Solver++ through scheduler.original_sample."""
+    from ddpm_hub.scheduler import original_sample
+
+    s = DDPMHubScheduler(prediction_type=prediction_type)
+    dpm = DPMSolverMultistepScheduler.from_config(s.config)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = fake_model(x, 300)
+    torch.testing.assert_close(
+        original_sample(dpm, out, 300, x), s.predict_original_sample(out, 300, x), rtol=1e-6, atol=1e-6
+    )
+
+
+def test_a_new_prediction_type_is_one_entry_in_the_scheduler(monkeypatch):
+    """Register a prediction type in PREDICTION_TYPES only: training target, weights and sampling follow."""
+    from ddpm_hub import scheduler as module
+
+    # "negative epsilon": the model predicts -noise (a toy parameterization with a known answer)
+    negative = module.PredictionType(
+        description="negated noise",
+        target=lambda x0, noise, a, s: -noise,
+        original_sample=lambda out, x, a, s: (x + s * out) / a,
+        noise=lambda out, x, a, s: -out,
+        target_snr=lambda snr: snr,
+    )
+    monkeypatch.setitem(module.PREDICTION_TYPES, "negative_epsilon", negative)
+    new = DDPMHubScheduler(prediction_type="negative_epsilon")
+    seed = DDPMHubScheduler()
+    x0, noise, t = training_batch(5)
+    assert torch.equal(new.get_target(x0, noise, t), -seed.get_target(x0, noise, t))
+    assert torch.equal(new.loss_weights(t, 5.0), seed.loss_weights(t, 5.0))
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = fake_model(x, 300)
+    a = new.step(-out, 300, x, generator=torch.Generator().manual_seed(1))
+    b = seed.step(out, 300, x, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.prev_sample, b.prev_sample)
+    assert torch.equal(a.pred_original_sample, b.pred_original_sample)
+
+
+def test_the_training_tables_are_cast_once_per_device_and_dtype():
+    s = DDPMHubScheduler()
+    x0, noise, t = training_batch(6)
+    first = s._tables(x0.device, torch.float32)
+    s.add_noise(x0, noise, t)
+    s.get_target(x0, noise, t)
+    s.loss_weights(t, 5.0)
+    assert all(a is b for a, b in zip(s._tables(x0.device, torch.float32), first, strict=True))
+    assert list(s._table_cache) == [(torch.device("cpu"), torch.float32)]
+    half = s._tables("cpu", torch.float64)
+    assert half[0].dtype == torch.float64 and len(s._table_cache) == 2

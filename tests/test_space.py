@@ -75,32 +75,39 @@ def test_same_seed_gives_the_same_images(client):
 
 def test_out_of_range_inputs_give_a_message_not_a_traceback(client):
     assert "maximum value 16" in _error(client, num_images=17)  # the sliders' bounds, checked by gradio
-    assert "minimum value 1" in _error(client, steps=0)
+    assert "minimum value" in _error(client, steps=0)
     assert "minimum value 0" in _error(client, seed=-1)
-    # within the slider's range but past this model's T=512: the app's own check
+    # within the slider's range but past this model's T=512: the sampler's registry entry bounds it
     message = _error(client, steps=600)
-    assert "Steps must be a whole number between 1 and 512" in message and "T=512" in message
+    assert "takes between 4 and 512 steps" in message and "T=512" in message
+    assert "minimum value 4" in _error(client, steps=2)  # the samplers' min_steps (4 for the core's)
     assert "euler-typo" in _error(client, sampler="euler-typo")
 
 
 def test_invalid_repo_id_is_reported(client):
     message = _error(client, model="not a repo!")
-    assert "not a valid Hub repo id" in message and "namespace/model-name" in message
+    assert "is not a model name this Space can load" in message and "namespace/model-name" in message
 
 
 def test_missing_repo_is_reported(client):
-    # The test suite runs with the Hub unreachable (HF_HUB_OFFLINE=1): the message says so, no traceback.
+    # The test suite runs with the Hub unreachable (HF_HUB_OFFLINE=1): the message says so in the visitor's
+    # words (no cache folder, no environment variable), no traceback.
     message = _error(client, model="ddpm-hub-tests/does-not-exist")
-    assert "could not download ddpm-hub-tests/does-not-exist from the Hub" in message
+    assert "The Hugging Face Hub cannot be reached from this Space right now" in message
+    assert "ddpm-hub-tests/does-not-exist" in message
+    assert "HF_HUB_OFFLINE" not in message and os.environ["HF_HOME"] not in message
 
 
 def test_visitor_local_path_is_refused_by_default(client, space_app):
     folder = str(space_app.DEFAULT_MODEL_DIR)
     message = _error(client, model=folder)
-    assert "looks like a path on the server" in message and "--allow-local-paths" in message
+    # one message for the visitor: no operator switches, no hint about the server's files
+    assert "is not a model name this Space can load" in message and "--allow-local-paths" not in message
+    message = _error(client, model="/etc/passwd")
+    assert "'/etc/passwd' is not a model name this Space can load" in message and "server" not in message
     # a relative folder that is also a valid repo id is looked up on the Hub only, never on disk
     message = _error(client, model="spaces/default-model")
-    assert "from the Hub" in message
+    assert "Hub cannot be reached" in message
 
 
 def test_local_path_is_loaded_when_the_operator_allows_it(local_client, space_app):
@@ -129,7 +136,7 @@ def test_checkpoint_needing_a_missing_plugin_names_it(local_client, space_app, t
 def test_schedule_plots_come_from_the_models_scheduler(space_app):
     default = space_app.ModelRef("local", str(space_app.DEFAULT_MODEL_DIR))
     beta_df, curves_df, summary = space_app.schedule("", None, allow_local=False, default=default)
-    scheduler = space_app.load_model(default).scheduler
+    scheduler = space_app.load_model(default).pipe.scheduler
     T = scheduler.config.num_train_timesteps
     assert np.allclose(beta_df["value"], scheduler.betas.numpy())
     curves = {name: group["value"].to_numpy() for name, group in curves_df.groupby("curve")}
@@ -177,17 +184,27 @@ def test_forward_process_goes_from_image_to_noise(space_app):
     assert x0_up[:, -5:].mean() > x0_up[:, :5].mean() + 100  # the left-to-right ramp survives
 
 
-def test_pipelines_are_cached(space_app):
+def test_pipelines_are_cached(space_app, tmp_path):
     default = space_app.ModelRef("local", str(space_app.DEFAULT_MODEL_DIR))
-    assert space_app.load_model(default) is space_app.load_model(default)
-    assert space_app._load_cached.cache_info().maxsize == 4
+    assert space_app.load_model(default).pipe is space_app.load_model(default).pipe
+    assert space_app.PIPELINES.size == space_app.CACHED_PIPELINES
+    # a local training run: its checkpoints and logs changing does not reload it; a re-saved pipeline does
+    run = tmp_path / "run"
+    shutil.copytree(space_app.DEFAULT_MODEL_DIR, run / "pipeline")
+    ref = space_app.ModelRef("local", str(run))
+    first = space_app.load_model(ref).pipe
+    (run / "logs.txt").write_text("step 10")
+    assert space_app.load_model(ref).pipe is first
+    later = time.time() + 10
+    os.utime(run / "pipeline" / "model_index.json", (later, later))
+    assert space_app.load_model(ref).pipe is not first
 
 
 def test_generate_function_matches_the_pipeline(space_app):
     """The app adds no arithmetic: its images are the pipeline's own, for the same seed."""
     default = space_app.ModelRef("local", str(space_app.DEFAULT_MODEL_DIR))
     _, singles, _, _ = space_app.generate("", "", "dpm-solver++", 4, 2, 3, allow_local=False, default=default)
-    pipe = space_app.load_model(default)
+    pipe = space_app.load_model(default).pipe
     images = pipe(
         batch_size=2,
         generator=torch.Generator().manual_seed(3),
@@ -246,7 +263,7 @@ def test_model_from_the_loopback_hub(hub_server, client, space_app):
     _, singles, _, summary = _generate(client, model=repo_id, revision=commit.oid)
     assert len(singles) == 2 and f"{repo_id}@{commit.oid}" in summary
 
-    assert "no model repo" in _error(client, model=f"{hub.user}/no-such-model-{uuid.uuid4().hex[:8]}")
+    assert "There is no model" in _error(client, model=f"{hub.user}/no-such-model-{uuid.uuid4().hex[:8]}")
     assert "has no revision 'no-such-branch'" in _error(client, model=repo_id, revision="no-such-branch")
 
     needs_plugin = f"{hub.user}/space-needs-plugin-{uuid.uuid4().hex[:8]}"
@@ -283,3 +300,142 @@ def test_bundled_default_model_is_small_safetensors_with_a_card(space_app):
     assert list((folder / "unet").glob("*.safetensors"))
     T = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"]
     assert f"T={T}" in (folder / "README.md").read_text()  # the card says how the model was made
+
+
+# --- models from the (loopback) Hub: resolved to a commit per request, loaded by ddpm_hub.load_pipeline -------
+
+
+def _new_repo(hub, api, name: str) -> str:
+    import uuid
+
+    repo_id = f"{hub.user}/{name}-{uuid.uuid4().hex[:8]}"
+    api.create_repo(repo_id)
+    return repo_id
+
+
+def test_a_new_push_to_main_is_served_without_a_restart(hub_server, client, space_app, tmp_path):
+    from huggingface_hub import HfApi
+    from safetensors.torch import load_file, save_file
+
+    api = HfApi(endpoint=hub_server.url, token=hub_server.token)
+    repo_id = _new_repo(hub_server, api, "space-pushed")
+    first = api.upload_folder(folder_path=space_app.DEFAULT_MODEL_DIR, repo_id=repo_id)
+    grid_1, _, _, summary = _generate(client, model=repo_id)
+    assert f"commit {first.oid[:8]}" in summary
+
+    # push new weights to main: the running Space serves them on the next request
+    weights = next((space_app.DEFAULT_MODEL_DIR / "unet").glob("*.safetensors"))
+    state = {k: v * 0.5 if v.is_floating_point() else v for k, v in load_file(weights).items()}
+    save_file(state, tmp_path / weights.name)
+    second = api.upload_file(
+        path_or_fileobj=tmp_path / weights.name, path_in_repo=f"unet/{weights.name}", repo_id=repo_id
+    )
+    grid_2, _, _, summary = _generate(client, model=repo_id)
+    assert f"commit {second.oid[:8]}" in summary
+    assert not np.array_equal(_pixels(grid_1), _pixels(grid_2))
+    # the first commit is still there by its id, and gives the first images (from the cache)
+    loads = space_app.PIPELINES.loads
+    grid_3, _, _, _ = _generate(client, model=repo_id, revision=first.oid)
+    assert np.array_equal(_pixels(grid_1), _pixels(grid_3))
+    assert space_app.PIPELINES.loads == loads  # cached by commit: not loaded again
+    _generate(client, model=repo_id)
+    assert space_app.PIPELINES.loads == loads  # main is still at the second commit: cached too
+
+
+def test_a_repo_that_is_not_a_pipeline_is_refused_from_its_file_list(hub_server, client):
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub_server.url, token=hub_server.token)
+    repo_id = _new_repo(hub_server, api, "space-not-a-pipeline")
+    api.upload_file(path_or_fileobj=b"{}", path_in_repo="config.json", repo_id=repo_id)
+    api.upload_file(
+        path_or_fileobj=os.urandom(2 * 1024 * 1024), path_in_repo="model.safetensors", repo_id=repo_id
+    )
+    before = len(hub_server.state.requests)
+    message = _error(client, model=repo_id)
+    assert f"'{repo_id}' is not a diffusion pipeline this Space can load" in message
+    assert "nothing was downloaded" in message
+    requests = hub_server.state.requests[before:]
+    assert requests and not [path for _, path in requests if "/resolve/" in path]  # only the file list
+
+
+def test_a_pickle_only_repo_is_refused_with_the_reason(hub_server, client, space_app):
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub_server.url, token=hub_server.token)
+    repo_id = _new_repo(hub_server, api, "space-pickled")
+    folder = space_app.DEFAULT_MODEL_DIR
+    for path in ("model_index.json", "scheduler/scheduler_config.json", "unet/config.json"):
+        api.upload_file(path_or_fileobj=folder / path, path_in_repo=path, repo_id=repo_id)
+    api.upload_file(
+        path_or_fileobj=b"\x80\x04pickle", path_in_repo="unet/diffusion_pytorch_model.bin", repo_id=repo_id
+    )
+    before = len(hub_server.state.requests)
+    message = _error(client, model=repo_id)
+    assert "has its weights as pickle files only" in message and "safetensors" in message
+    assert os.environ["HF_HOME"] not in message and "/tmp" not in message  # no server path
+    assert not [path for _, path in hub_server.state.requests[before:] if "/resolve/" in path]
+
+
+# --- the page's own functions -----------------------------------------------------------------------------
+
+
+def test_generation_streams_frames_before_the_run(space_app):
+    default = space_app.ModelRef("local", str(space_app.DEFAULT_MODEL_DIR))
+    items = list(space_app.generate_stream("", "", "ddim", 6, 2, 0, allow_local=False, default=default))
+    *batches, run = items
+    assert isinstance(run, space_app.Run) and all(isinstance(b, list) for b in batches)
+    frames = [f for b in batches for f in b]
+    assert [f.step for f in frames] == [1, 2, 3, 4, 5, 6] == [f.step for f in run.frames]
+    assert run.images.shape == (2, 1, 28, 28) and frames[0].x0.shape == (2, 1, 28, 28)
+    # x_0 comes from the pipeline's callback: the last frame's x_t is the final image
+    final = space_app._to_uint8(torch.from_numpy(frames[-1].sample).float() / 127.5 - 1)
+    assert np.array_equal(final, run.images)
+    # a long run keeps MAX_FRAMES evenly spaced steps, the first and the last among them
+    kept = sorted(space_app.recorded_steps(512))
+    assert len(kept) == space_app.MAX_FRAMES and kept[0] == 0 and kept[-1] == 511
+
+
+def test_the_reproduce_line_makes_the_same_grid(space_app, tmp_path):
+    import shlex
+
+    default = space_app.ModelRef("local", str(space_app.DEFAULT_MODEL_DIR))
+    *_, run = space_app.generate_stream("", "", "ddim", 5, 3, 11, allow_local=False, default=default)
+    assert run.command == (
+        "ddpm-hub sample spaces/default-model --sampler ddim --steps 5 --num-images 3 --seed 11 --out grid.png"
+    )
+    argv = shlex.split(run.command.replace("--out grid.png", f"--out {tmp_path / 'grid.png'}"))
+    repo = space_app.DEFAULT_MODEL_DIR.parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "ddpm_hub.cli", *argv[1:]], cwd=repo, check=True, capture_output=True
+    )
+    from_cli = np.asarray(Image.open(tmp_path / "grid.png"))
+    downloaded = np.asarray(Image.open(space_app.grid_file(run)))
+    factor = downloaded.shape[0] // from_cli.shape[0]
+    assert np.array_equal(
+        downloaded[::factor, ::factor], from_cli
+    )  # the download is the CLI's grid, enlarged
+
+
+def test_sampler_labels_and_step_bounds_come_from_the_registry(space_app):
+    from ddpm_hub.plugins import get_samplers
+
+    for name, entry in get_samplers().items():
+        label = space_app.sampler_label(name)
+        assert (f"{entry.default_steps} steps" if entry.default_steps else "all T steps") in label
+        low, default, high = space_app.step_bounds(name, 512)
+        assert (low, high) == (min(entry.min_steps, 512), 512) and low <= default <= high
+    assert space_app.step_bounds("ddpm", 100)[1:] == (100, 100)
+
+
+def test_an_upload_keeps_its_colour_and_size_or_says_why_not(space_app):
+    default = space_app.ModelRef("local", str(space_app.DEFAULT_MODEL_DIR))
+    opts = dict(allow_local=False, default=default)
+    red = Image.new("RGB", (60, 40), (200, 30, 30))
+    strip, text = space_app.forward_process("", None, red, 0, 0, 0, **opts)
+    assert "your image (colour, 60x40)" in text
+    x0 = np.asarray(strip.convert("RGB"))[10:-10, 10 : strip.width // 3 - 10]
+    assert (x0[..., 0].astype(int) - x0[..., 2]).min() > 100  # still red at t=0
+    big = Image.new("RGBA", (1024, 800), (0, 0, 255, 0))
+    _, text = space_app.forward_process("", None, big, 0, 0, 0, **opts)
+    assert "transparent parts shown on white" in text and "from 1024x800 to 512x400" in text

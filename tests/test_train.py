@@ -46,11 +46,11 @@ def tiny_args(out, *extra):
         "--num_sample_images",
         "2",
         "--sample_inference_steps",
-        "2",
+        "4",
         "--final_sampler",
         "ddim",
         "--final_inference_steps",
-        "2",
+        "4",
         "--checkpointing_steps",
         "2",
         "--log_with",
@@ -106,7 +106,7 @@ def test_ddpm_hub_train_writes_a_run_folder_that_loads_and_samples(tmp_path, cap
         batch_size=2,
         generator=torch.Generator().manual_seed(0),
         sampler="ddim",
-        num_inference_steps=2,
+        num_inference_steps=4,
         output_type="pt",
     ).images
     assert images.shape == (2, 1, 28, 28) and torch.isfinite(images).all()
@@ -120,7 +120,7 @@ def test_ddpm_hub_train_writes_a_run_folder_that_loads_and_samples(tmp_path, cap
                 "--sampler",
                 "ddim",
                 "--steps",
-                "2",
+                "4",
                 "--out",
                 str(tmp_path / "grid.png"),
             ]

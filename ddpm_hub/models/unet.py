@@ -6,7 +6,12 @@ self-attention at chosen resolutions, strided-conv downsampling and nearest + co
 skip connections. The paper's CIFAR-10 model (``base_channels=128, channel_mult=(1, 2, 2, 2),
 num_res_blocks=2, attention_resolutions=(16,), dropout=0.1``) has 35.7M parameters.
 
-Shapes: ``sample`` (B, in_channels, H, W), ``timestep`` a scalar or (B,), output (B, out_channels, H, W).
+Shapes: ``sample`` (B, in_channels, H, W), ``timestep`` a scalar or (B,), ``class_labels`` (B,) integers
+(class-conditional models only), output (B, out_channels, H, W).
+
+Class conditioning (``num_class_embeds``): a learned embedding per class, plus one for the null class used by
+classifier-free guidance, added to the time embedding (as diffusers' ``UNet2DModel`` adds its class
+embedding); see ``ddpm_hub.conditioning``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from ..conditioning import embedding_labels
 from ..hookspecs import hookimpl
 
 
@@ -125,9 +131,12 @@ class UNet(ModelMixin, ConfigMixin):
         dropout: dropout inside the residual blocks.
         norm_num_groups: GroupNorm groups; must divide every level's channel count.
         attention_head_dim: channels per attention head; ``None`` is one head, as in the paper.
+        num_class_embeds: number of classes of a class-conditional model (``None``: unconditional). The
+            embedding table has one more row, the null class ``num_class_embeds``, for classifier-free guidance.
     """
 
     _supports_gradient_checkpointing = False
+    supports_class_conditioning = True
 
     @register_to_config
     def __init__(
@@ -142,6 +151,7 @@ class UNet(ModelMixin, ConfigMixin):
         dropout: float = 0.1,
         norm_num_groups: int = 32,
         attention_head_dim: int | None = None,
+        num_class_embeds: int | None = None,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -152,6 +162,7 @@ class UNet(ModelMixin, ConfigMixin):
             ("out_channels", out_channels),
             ("base_channels", base_channels),
             ("num_res_blocks", num_res_blocks),
+            *([("num_class_embeds", num_class_embeds)] if num_class_embeds is not None else []),
         ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"UNet {name} must be a positive integer, got {value!r}")
@@ -225,6 +236,9 @@ class UNet(ModelMixin, ConfigMixin):
         self.conv_out = nn.Conv2d(ch, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        # Last, so that every other layer draws the same initial weights as the unconditional model's.
+        if num_class_embeds is not None:
+            self.class_embedding = nn.Embedding(num_class_embeds + 1, temb_ch)  # + the null class
 
     def _size_message(self, h: int, w: int, what: str) -> str:
         d = self.downscale
@@ -235,7 +249,11 @@ class UNet(ModelMixin, ConfigMixin):
         )
 
     def forward(
-        self, sample: torch.Tensor, timestep: torch.Tensor | int | float, return_dict: bool = True
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | int | float,
+        class_labels: torch.Tensor | None = None,
+        return_dict: bool = True,
     ) -> UNetOutput | tuple[torch.Tensor]:
         if sample.ndim != 4 or sample.shape[1] != self.config.in_channels:
             raise ValueError(
@@ -250,6 +268,9 @@ class UNet(ModelMixin, ConfigMixin):
         t = t.reshape(-1).expand(B) if t.numel() == 1 else t.reshape(B)
 
         temb = self.time_embedding(timestep_embedding(t, self.config.base_channels).to(sample.dtype))
+        labels = embedding_labels(class_labels, self.config.num_class_embeds, B, "UNet")
+        if labels is not None:
+            temb = temb + self.class_embedding(labels.to(sample.device)).to(temb.dtype)
         h = self.conv_in(sample)
         skips = [h]
         for layer in self.down:

@@ -12,6 +12,9 @@ zero, which DiT found trains best.
 
 Shapes: ``sample`` (B, in_channels, H, W) with H and W divisible by ``patch_size``; tokens (B, N, D) with
 N = (H / p) * (W / p), D = ``hidden_size``; output (B, out_channels, H, W).
+
+Class conditioning (``num_class_embeds``), as in DiT: a label embedding (with one extra row, the null class
+that classifier-free guidance uses) is added to the timestep embedding c, so every adaLN block sees it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
+
+from ddpm_hub.conditioning import embedding_labels
 
 POS_EMBEDS = ("sincos", "learned")
 
@@ -135,12 +140,15 @@ class DiT(ModelMixin, ConfigMixin):
         pos_embed_type: ``sincos`` (fixed 2-D sin-cos, any input size divisible by p) or ``learned`` (a parameter
             per position of the ``sample_size`` grid, initialised to sin-cos).
         frequency_embedding_size: width of the sinusoidal timestep features fed to the time MLP.
+        num_class_embeds: number of classes of a class-conditional model (``None``: unconditional); the label
+            table has one more row, the null class ``num_class_embeds``, for classifier-free guidance.
 
     The defaults (D=192, 6 blocks, 3 heads, p=2: 4.2M parameters) suit 28x28 MNIST; DiT-S/2 is
     ``hidden_size=384, depth=12, num_heads=6, patch_size=2``.
     """
 
     _supports_gradient_checkpointing = True
+    supports_class_conditioning = True
 
     @register_to_config
     def __init__(
@@ -155,6 +163,7 @@ class DiT(ModelMixin, ConfigMixin):
         mlp_ratio: float = 4.0,
         pos_embed_type: str = "sincos",
         frequency_embedding_size: int = 256,
+        num_class_embeds: int | None = None,
     ):
         super().__init__()
         if out_channels is None:
@@ -185,6 +194,14 @@ class DiT(ModelMixin, ConfigMixin):
         self.final_layer = FinalLayer(hidden_size, patch_size, out_channels)
         self.gradient_checkpointing = False
         self._init_weights()
+        # After the other layers' init, so that they start as the unconditional model's do.
+        if num_class_embeds is not None:
+            if not isinstance(num_class_embeds, int) or num_class_embeds < 1:
+                raise ValueError(
+                    f"num_class_embeds must be a positive integer or None, got {num_class_embeds!r}"
+                )
+            self.y_embedder = nn.Embedding(num_class_embeds + 1, hidden_size)  # + the null class
+            nn.init.normal_(self.y_embedder.weight, std=0.02)  # DiT's LabelEmbedding init
 
     def _init_weights(self) -> None:
         """DiT's initialisation: xavier for linear layers and the patch embedding, N(0, 0.02) for the time MLP;
@@ -233,9 +250,14 @@ class DiT(ModelMixin, ConfigMixin):
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
 
     def forward(
-        self, sample: torch.Tensor, timestep: torch.Tensor | int | float, return_dict: bool = True
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | int | float,
+        class_labels: torch.Tensor | None = None,
+        return_dict: bool = True,
     ) -> DiTOutput | tuple[torch.Tensor]:
-        """Predict the noise in ``sample`` (B, in_channels, H, W) at ``timestep`` (a scalar or (B,))."""
+        """Predict the noise in ``sample`` (B, in_channels, H, W) at ``timestep`` (a scalar or (B,)), for
+        ``class_labels`` (B,) when the model is class-conditional (None: the null class)."""
         if sample.ndim != 4 or sample.shape[1] != self.config.in_channels:
             raise ValueError(
                 f"DiT expects samples of shape (batch, {self.config.in_channels}, H, W) "
@@ -250,6 +272,9 @@ class DiT(ModelMixin, ConfigMixin):
         t = t.reshape(-1).expand(B) if t.numel() == 1 else t.reshape(B)
 
         c = self.t_embedder(timestep_embedding(t, self.config.frequency_embedding_size).to(sample.dtype))
+        labels = embedding_labels(class_labels, self.config.num_class_embeds, B, "DiT")
+        if labels is not None:
+            c = c + self.y_embedder(labels.to(sample.device)).to(c.dtype)
         x = self.patchify(sample)
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:

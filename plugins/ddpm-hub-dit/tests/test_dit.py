@@ -164,3 +164,27 @@ def test_pipeline_samples_saves_and_loads_with_provenance(tmp_path):
     assert isinstance(loaded.unet, DiT)
     again = loaded(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
     torch.testing.assert_close(again, images)
+
+
+def test_class_conditioning_with_a_null_class_and_guided_sampling(tmp_path):
+    torch.manual_seed(0)
+    plain = DiT(sample_size=16, in_channels=1, **TINY).state_dict()
+    torch.manual_seed(0)
+    model = nudge(DiT(sample_size=16, in_channels=1, num_class_embeds=4, **TINY))
+    assert model.y_embedder.num_embeddings == 5 and set(model.state_dict()) - set(plain) == {
+        "y_embedder.weight"
+    }
+    x = torch.randn(1, 1, 16, 16).expand(3, -1, -1, -1)
+    out = model(x, 7, class_labels=torch.tensor([0, 3, 4])).sample
+    assert (out[0] - out[1]).abs().max() > 1e-4  # the label conditions the output
+    torch.testing.assert_close(model(x, 7).sample[2], out[2])  # no labels: the null class
+    with pytest.raises(ValueError, match="unconditional.*takes no class_labels"):
+        DiT(sample_size=16, in_channels=1, **TINY)(x, 7, class_labels=torch.tensor([0, 1, 2]))
+    pipe = DDPMHubPipeline(unet=model, scheduler=DDPMHubScheduler(), class_names=["a", "b", "c", "d"])
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        class_labels=["d", "a"], guidance_scale=3.0, sampler="ddim", num_inference_steps=4, output_type="pt"
+    )
+    assert images.images.shape == (2, 1, 16, 16) and torch.isfinite(images.images).all()
+    pipe.save_pretrained(tmp_path / "dit")
+    assert load_pipeline(tmp_path / "dit").class_names == ["a", "b", "c", "d"]
