@@ -40,26 +40,6 @@ def _sampler_name(name: str) -> str:
     return name
 
 
-def one_line_warnings() -> None:
-    """Show ddpm-hub's plugin warnings as ``warning: ...`` lines on stderr (no source line), for the commands."""
-    import warnings
-
-    from .plugins import PluginWarning
-
-    show = warnings.showwarning
-    if getattr(show, "ddpm_hub_one_line", False):
-        return
-
-    def showwarning(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, PluginWarning):
-            print(f"warning: {message}", file=sys.stderr if file is None else file)
-        else:
-            show(message, category, filename, lineno, file, line)
-
-    showwarning.ddpm_hub_one_line = True
-    warnings.showwarning = showwarning
-
-
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample an image grid from a pipeline folder, run folder or Hub repo")
     p.add_argument("model", help="a pipeline folder, a training run folder, or a Hub repo id (NS/NAME)")
@@ -394,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .plugins import one_line_warnings
+
     one_line_warnings()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)

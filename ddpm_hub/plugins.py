@@ -25,6 +25,7 @@ import importlib.metadata
 import inspect
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ __all__ = [
     "schedule_betas",
     "check_backbone",
     "unavailable_reason",
+    "one_line_warnings",
 ]
 
 ENTRY_POINT_GROUP = "ddpm_hub"
@@ -804,6 +806,22 @@ def _smoke_backbone(entry: Entry) -> None:
             f"in_channels=1, out_channels=1: {_one_line(exc)}"
         ) from exc
     check_backbone(model, 16)
+
+
+def one_line_warnings() -> None:
+    """Show ddpm-hub's plugin warnings as ``warning: ...`` lines on stderr (no source line), for the commands."""
+    show = warnings.showwarning
+    if getattr(show, "ddpm_hub_one_line", False):
+        return
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PluginWarning):
+            print(f"warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    showwarning.ddpm_hub_one_line = True
+    warnings.showwarning = showwarning
 
 
 # ---------------------------------------------------------------------------------- what is installed

@@ -1120,7 +1120,7 @@ keys:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .cli import one_line_warnings
+    from .plugins import one_line_warnings
 
     one_line_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
