@@ -11,6 +11,12 @@ the model, optimizer and data are built) of two training steps, minus the RSS be
 
     python benchmarks/bench_train.py                     # default config, all variants
     python benchmarks/bench_train.py --batch-size 64 --reps 5 --compile --json train.json
+
+``--precision-runs N``: instead, the real training command (``python -m ddpm_hub.train``, the default config,
+batch 64) N times in float32 and N times in bf16 (ACCELERATE_MIXED_PRECISION, accelerate's autocast),
+interleaved, ``--precision-steps`` steps each; images/s from train_info.json::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_train.py --precision-runs 3 --precision-steps 40
 """
 
 from __future__ import annotations
@@ -130,6 +136,47 @@ def memory_child(spec: str, batch: int, steps: int) -> None:
     )
 
 
+def precision_runs(runs: int, steps: int) -> dict:
+    """images/s of ``python -m ddpm_hub.train`` in float32 and in bf16 (launcher's choice), interleaved."""
+    import os
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    rates: dict[str, list[float]] = {"no": [], "bf16": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(runs):
+            for precision in ("no", "bf16") if r % 2 == 0 else ("bf16", "no"):
+                out = Path(tmp) / precision
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "ddpm_hub.train",
+                    "--output_dir",
+                    str(out),
+                    "--overwrite_output_dir",
+                ]
+                cmd += [
+                    "true",
+                    "--max_steps",
+                    str(steps),
+                    "--sample_steps",
+                    "0",
+                    "--checkpointing_steps",
+                    "0",
+                ]
+                cmd += ["--final_sampler", "ddim", "--final_inference_steps", "4", "--log_with", "none"]
+                env = {**os.environ, "ACCELERATE_MIXED_PRECISION": precision}
+                subprocess.run(cmd, env=env, cwd=root, check=True, capture_output=True, text=True)
+                info = json.loads((out / "train_info.json").read_text())
+                assert info["mixed_precision"] == precision, info["mixed_precision"]
+                rates[precision].append(info["images_per_s"])
+                print(f"run {r} {precision}: {info['images_per_s']:.1f} img/s", flush=True)
+    result = {p: {"median_images_per_s": median(v), "runs": v} for p, v in rates.items()}
+    result["bf16_over_fp32"] = result["bf16"]["median_images_per_s"] / result["no"]["median_images_per_s"]
+    print(f"bf16 / fp32 (medians): x{result['bf16_over_fp32']:.2f}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=16)
@@ -142,7 +189,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--precision-runs", type=int, default=0, help="time the training command, fp32 vs bf16")
+    p.add_argument("--precision-steps", type=int, default=40)
     args = p.parse_args(argv)
+    if args.precision_runs:
+        result = {
+            "machine": machine(),
+            "precision": precision_runs(args.precision_runs, args.precision_steps),
+        }
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
+        return result
     if args.memory_child:
         memory_child(args.memory_child, args.batch_size, steps=2)
         return {}

@@ -62,7 +62,20 @@ def machine() -> dict:
         info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
         model = info.get("Model name", model).strip()
         flags = info.get("Flags", "")
-        isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags.split()]
+        isa = [
+            f
+            for f in (
+                "avx2",
+                "avx_vnni",
+                "avx512f",
+                "avx512_vnni",
+                "avx512_bf16",
+                "avx512_fp16",
+                "amx_tile",
+                "amx_bf16",
+            )
+            if f in flags.split()
+        ]
     except OSError:
         isa = []
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

@@ -2,6 +2,8 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import models, plugins, samplers, schedules
+from .devices import select_device
 from .hookspecs import hookimpl
 from .loading import load_pipeline
 from .models.unet import UNet, UNetOutput
@@ -9,6 +11,9 @@ from .pipeline import DDPMHubPipeline
 from .samplers import make_sampler
 from .scheduler import DDPMHubScheduler, DDPMHubSchedulerOutput
 from .schedules import linear
+
+# The built-in schedule, samplers and backbones register through the hooks, as installed plugins do.
+plugins.register_builtins(schedules, samplers, models.unet)
 
 try:
     __version__ = version("ddpm-hub")
@@ -26,4 +31,5 @@ __all__ = [
     "linear",
     "load_pipeline",
     "make_sampler",
+    "select_device",
 ]

@@ -3,11 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
+from . import __version__, evaluate, plugins
+from .conditioning import DEFAULT_GUIDANCE_SCALE
 from .datasets import BUILTIN_DATASET
+from .devices import allow_fast_float32, select_device
+from .hub import HubPushError, push
+from .images import make_grid
+from .loading import HubLoadError, load_pipeline
+from .plugins import plugin_info
+from .train import main as train_main
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where to sample: auto (the best available: cuda, xpu, mps, else cpu), cpu, cuda, cuda:N, mps, xpu",
+    )
+
+
+def _sampling_device(args: argparse.Namespace, command: str):
+    """``--device`` as a torch.device (TF32 allowed on CUDA), or SystemExit with one line."""
+    try:
+        device = select_device(args.device)
+    except ValueError as exc:
+        raise SystemExit(f"ddpm-hub {command}: error: --device: {exc}") from None
+    allow_fast_float32(device)
+    return device
 
 
 class RegisteredNames:
@@ -18,8 +48,6 @@ class RegisteredNames:
         self.kind = kind
 
     def _names(self) -> list[str]:
-        from . import plugins
-
         return sorted(getattr(plugins, f"get_{self.kind}")())
 
     def __iter__(self):
@@ -31,10 +59,10 @@ class RegisteredNames:
 
 def _sampler_name(name: str) -> str:
     """A registered sampler's name; otherwise the registry's message (unknown, or its plugin is disabled)."""
-    from .plugins import get_sampler
-
     try:
-        get_sampler(name)  # a plugin's sampler is built once here, so a broken one fails before any work
+        plugins.get_sampler(
+            name
+        )  # a plugin's sampler is built once here, so a broken one fails before any work
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return name
@@ -57,12 +85,11 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     _add_conditioning(p)
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
     p.add_argument("--out", type=Path, default=Path("grid.png"))
+    _add_device(p)
     p.set_defaults(func=cmd_sample)
 
 
 def _add_conditioning(p: argparse.ArgumentParser) -> None:
-    from .conditioning import DEFAULT_GUIDANCE_SCALE
-
     p.add_argument(
         "--class",
         dest="classes",
@@ -93,22 +120,20 @@ def _class_labels(pipe, classes: list[str] | None, num_images: int) -> list[int]
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
-    from .images import make_grid
-    from .loading import HubLoadError, load_pipeline
-
     if args.num_images < 1:
         raise SystemExit(f"--num-images must be at least 1, got {args.num_images}")
+    device = _sampling_device(args, "sample")
 
     try:
         pipe = load_pipeline(args.model, revision=args.revision)
     except (HubLoadError, ValueError, FileNotFoundError, ImportError) as exc:
         raise SystemExit(f"ddpm-hub sample: error: {exc}") from exc
+    pipe.to(device)
     labels = _class_labels(pipe, args.classes, args.num_images)
     try:
         images = pipe(
             batch_size=args.num_images,
+            # a CPU generator: the same seed gives the same starting noise on every device
             generator=torch.Generator(device="cpu").manual_seed(args.seed),
             num_inference_steps=args.steps,
             sampler=args.sampler,
@@ -120,7 +145,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise SystemExit(f"ddpm-hub sample: error: {exc}") from exc
     args.out.parent.mkdir(parents=True, exist_ok=True)
     make_grid(images).save(args.out)
-    print(f"wrote {args.num_images} images to {args.out}")
+    print(f"wrote {args.num_images} images to {args.out} (sampled on {device})")
     return 0
 
 
@@ -139,10 +164,6 @@ def _add_plugins(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    import json
-
-    from .plugins import plugin_info
-
     info = plugin_info(include_builtins=args.all)
     print(json.dumps(info, indent=2))
     for plugin in info:  # a disabled plugin's error was already warned about when the plugins loaded
@@ -163,8 +184,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import main as train_main
-
     return train_main(args.rest)
 
 
@@ -192,8 +211,6 @@ def space_app_path() -> Path:
 
 
 def cmd_space(args: argparse.Namespace) -> int:
-    import importlib.util
-
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -236,8 +253,6 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import HubPushError, push
-
     try:
         info = push(
             args.path,
@@ -296,21 +311,18 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
+    _add_device(p)
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
-    from . import evaluate
-    from .loading import load_pipeline
-
     if args.num_samples < 2:
         raise SystemExit(
             f"--num-samples must be at least 2 (a Gaussian is fitted to the samples), got {args.num_samples}"
         )
     if args.steps is not None and args.steps < 1:
         raise SystemExit(f"--steps must be at least 1, got {args.steps}")
+    device = _sampling_device(args, "eval")
     if args.metric == "inception":
         try:
             evaluate.inception_features(None)
@@ -320,7 +332,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         reference = evaluate.Reference.from_dataset(args.dataset)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"--dataset: {exc}") from None
-    pipe = load_pipeline(args.model, revision=args.revision)
+    pipe = load_pipeline(args.model, revision=args.revision).to(device)
     labels = None
     if args.class_accuracy:
         if pipe.num_classes is None:
@@ -347,13 +359,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     report = evaluate.evaluate_images(images, reference).to_dict()
     if labels is not None:
-        from .conditioning import DEFAULT_GUIDANCE_SCALE
-
         report.update(evaluate.class_accuracy(images, labels, pipe.class_names))
         report["guidance_scale"] = (
             DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
         )
-    report.update(model=str(args.model), sampler=args.sampler, steps=args.steps, seed=args.seed)
+    report.update(
+        model=str(args.model), sampler=args.sampler, steps=args.steps, seed=args.seed, device=str(device)
+    )
     text = json.dumps(report, indent=2)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -363,8 +375,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(prog="ddpm-hub", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ddpm-hub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -374,9 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .plugins import one_line_warnings
-
-    one_line_warnings()
+    plugins.one_line_warnings()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if getattr(args, "passthrough", False):  # `ddpm-hub train --max_steps 10 ...`: the trainer parses its own

@@ -8,6 +8,8 @@ YAML file and then overridden key by key from the command line::
 
 Values are parsed as YAML scalars (``64``, ``2e-4``, ``true``, ``[1, 2, 2]``, ``null``) and checked against the
 field's type; an unknown key or a bad value raises :class:`ConfigError` naming the key and what is allowed.
+Booleans are YAML 1.2's (``true``/``false``), so ``--mixed_precision no`` stays the string ``no`` (YAML 1.1
+would read it as ``false``); a boolean key also takes ``yes``/``no``/``on``/``off``.
 
 ``model`` belongs to ``backbone``: it is that backbone's constructor arguments (the default is the built-in
 UNet's MNIST model). A layer (the YAML file, then the command line) that changes ``backbone`` without giving
@@ -35,8 +37,10 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
 from .datasets import BUILTIN_DATASET
+from .hub import check_push_settings
 from .schedules import DEFAULT_NUM_TRAIN_TIMESTEPS
 
 #: the model of the built-in default (configs/mnist.yaml): 28 px digits, 0.69M parameters, attention at 7x7
@@ -52,6 +56,26 @@ MNIST_MODEL = {
 
 class ConfigError(ValueError):
     """A config key is unknown or its value is not allowed; the message says which and what is."""
+
+
+class _YAML12Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2 booleans: only true/false, so that ``no``, ``off``, ``yes``, ``on`` stay
+    strings (``mixed_precision: no``); ``_coerce`` turns them into booleans where a key is boolean."""
+
+
+_YAML12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YAML12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_BOOL_WORDS = {"yes": True, "on": True, "no": False, "off": False}
+
+
+def yaml_load(text: str) -> Any:
+    """YAML as ddpm-hub configs read it (``yaml.safe_load`` with YAML 1.2 booleans)."""
+    return yaml.load(text, Loader=_YAML12Loader)
 
 
 #: the keys that ``--resume`` may change: where the run is, how long it trains, and what it logs, samples,
@@ -176,7 +200,9 @@ class TrainConfig:
     lr_warmup_steps: int = 100
     #: clip the global gradient norm to this; null: no clipping
     max_grad_norm: float | None = 1.0
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    #: null: the launcher's choice (accelerate launch --mixed_precision / accelerate config, seen as
+    #: ACCELERATE_MIXED_PRECISION), else no; a value here wins over the launcher. fp16 needs a GPU
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
     #: class-conditional runs: the share of labels replaced by the null class, for classifier-free guidance
     p_uncond: float = 0.1
     #: min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5.0; null: plain MSE, the seed's loss
@@ -185,7 +211,9 @@ class TrainConfig:
 
     #: fetch the loss from the device (a host sync) every N steps, for the progress bar and TensorBoard
     logging_steps: int = 10
-    log_with: Literal["tensorboard", "none"] = "tensorboard"
+    #: experiment tracker(s) through accelerate: tensorboard, wandb, trackio, mlflow, comet_ml, aim, clearml,
+    #: dvclive, swanlab, all (every installed one), a list of them, or none
+    log_with: str | list[str] | None = "tensorboard"
     #: write samples/step-N.png (and to TensorBoard) every N steps; 0: never
     sample_steps: int = 250
     num_sample_images: int = 16
@@ -263,12 +291,11 @@ class TrainConfig:
         if d.max_samples is not None and d.max_samples < 1:
             raise ConfigError(f"data.max_samples must be positive or null, got {d.max_samples}")
         if self.push_to_hub or self.hub_repo_id is not None:
-            from .hub import check_push_settings
-
             try:  # before training, not after hours of it
                 check_push_settings(self.hub_repo_id, push=self.push_to_hub)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from exc
+        check_trackers(self.log_with)
         for key in ("model", "scheduler"):
             if not isinstance(getattr(self, key), dict):
                 raise ConfigError(
@@ -280,6 +307,39 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
+
+
+#: the pip package of each tracker accelerate supports, where its name differs from the tracker's
+TRACKER_PACKAGES = {"comet_ml": "comet-ml"}
+
+
+def tracker_names(log_with: str | list[str] | None) -> list[str]:
+    """``log_with`` as a list of tracker names (``none``/null/``[]``: no tracker)."""
+    if log_with is None:
+        return []
+    names = [log_with] if isinstance(log_with, str) else list(log_with)
+    return [n for n in names if n != "none"]
+
+
+def check_trackers(log_with: str | list[str] | None) -> None:
+    """Raise ConfigError for a tracker accelerate does not know, or whose package is not installed (one line,
+    with the pip command), before anything is written: accelerate itself would silently log nothing."""
+    known = sorted(LOGGER_TYPE_TO_CLASS)
+    available = {str(t) for t in get_available_trackers()}
+    for name in tracker_names(log_with):
+        if name == "all":
+            continue
+        if name not in LOGGER_TYPE_TO_CLASS:
+            raise ConfigError(
+                f"bad value for log_with: {name!r} is not a tracker accelerate supports; choose from "
+                f"{', '.join(known)}, all, or none"
+            )
+        if name not in available:
+            package = TRACKER_PACKAGES.get(name, name)
+            raise ConfigError(
+                f"log_with {name}: the {name} package is not installed; pip install {package} "
+                "(or choose another tracker, or --log_with none)"
+            )
 
 
 def _plain(value: Any) -> Any:
@@ -306,6 +366,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in args) + " or null"
     if origin is dict:
         return "a mapping"
+    if origin is list:
+        return "a list of " + _type_name(typing.get_args(tp)[0]).removeprefix("a ").removeprefix("an ") + "s"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
@@ -333,9 +395,16 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, dict):
             return dict(value)
         raise bad
+    if origin is list:
+        if isinstance(value, (list, tuple)):
+            (item,) = typing.get_args(tp)
+            return [_coerce(key, v, item) for v in value]
+        raise bad
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:  # YAML 1.1's yes/no/on/off
+            return _BOOL_WORDS[value.lower()]
         raise bad
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -420,9 +489,12 @@ def _apply_layer(config: TrainConfig, items: Sequence[tuple[str, Any]], prefix: 
 
 
 def parse_value(text: str) -> Any:
-    """A command-line value as YAML reads it: ``64`` int, ``2e-4`` float, ``true``, ``[1, 2]``, ``null``."""
+    """A command-line value as YAML reads it: ``64`` int, ``2e-4`` float, ``true``, ``[1, 2]``, ``null``.
+
+    YAML 1.2 booleans: ``no``/``off``/``yes``/``on`` stay strings; boolean keys accept them (see ``_coerce``).
+    """
     try:
-        return yaml.safe_load(text)
+        return yaml_load(text)
     except yaml.YAMLError:
         return text
 
@@ -478,7 +550,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml_load(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     except OSError as exc:

@@ -37,8 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import DataConfig
@@ -60,8 +62,6 @@ class DataError(ValueError):
 
 def load_dataset(config: DataConfig):
     """The ``datasets.Dataset`` that ``config.dataset`` names (see the module docstring for the sources)."""
-    import datasets
-
     name = config.dataset
     if name in BUILTIN_DATASETS:
         return datasets.load_dataset("parquet", data_files=str(BUILTIN_DATASETS[name]), split="train")
@@ -70,7 +70,6 @@ def load_dataset(config: DataConfig):
         parquet = sorted(str(p) for p in path.rglob("*.parquet"))
         if parquet:
             return datasets.load_dataset("parquet", data_files=parquet, split="train")
-        from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
         if not any(p.suffix.lower() in ImageFolder.EXTENSIONS for p in path.rglob("*") if p.is_file()):
             raise DataError(
@@ -103,8 +102,6 @@ def load_dataset(config: DataConfig):
 
 def find_image_column(dataset, column: str | None) -> str:
     """The image column: ``column`` if given, else the only Image column, else ``image`` or ``img``."""
-    import datasets
-
     features = dataset.features
     image_columns = [k for k, v in features.items() if isinstance(v, datasets.Image)]
     if column is not None:
@@ -152,8 +149,6 @@ def find_label_column(dataset, column: str) -> str:
 
 def read_labels(dataset, column: str, source: str) -> tuple[torch.Tensor, list[str]]:
     """(labels (N,) int64, class names) of ``column``: names from its ClassLabel feature, else "0".."max"."""
-    import datasets
-
     feature = dataset.features[column]
     values = list(dataset[column])
     bad = next(
@@ -368,8 +363,6 @@ def load_images(config: DataConfig, dataset=None) -> ImageData:
 
     ``dataset``: a ``datasets.Dataset`` to use instead of ``config.dataset`` (the Python API).
     """
-    import datasets
-
     source = "the given Dataset" if dataset is not None else repr(config.dataset)
     if dataset is None:
         dataset = load_dataset(config)

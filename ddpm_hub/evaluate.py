@@ -31,14 +31,18 @@ Inception FID/KID: not bundled (no network here, and no Inception-v3 implementat
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_model, save_model
 from torch import nn
 
 from .datasets import BUILTIN_DATASET, BUILTIN_DATASETS, DATASETS_DIR
@@ -79,8 +83,6 @@ class MnistClassifier(nn.Module):
 
 
 def _image_column(ds) -> str:
-    import datasets
-
     for name, feature in ds.features.items():
         if isinstance(feature, datasets.Image):
             return name
@@ -95,8 +97,6 @@ def load_images(dataset: str | Path = BUILTIN_DATASET, rows: range | None = None
     ``dataset``: ``"mnist5k"`` (the built-in data; default rows: the held-out reference split), a
     ``.parquet`` file, or a folder of images (``datasets``' imagefolder).
     """
-    import datasets
-
     if str(dataset) == BUILTIN_DATASET:
         ds = datasets.load_dataset("parquet", data_files=str(MNIST5K), split="train")
         rows = REFERENCE_ROWS if rows is None else rows
@@ -114,7 +114,6 @@ def load_images(dataset: str | Path = BUILTIN_DATASET, rows: range | None = None
     if rows is not None:
         ds = ds.select(rows)
     column = _image_column(ds)
-    from PIL import Image
 
     arrays = []
     for image in ds[column]:
@@ -126,8 +125,6 @@ def load_images(dataset: str | Path = BUILTIN_DATASET, rows: range | None = None
 
 
 def load_labels(rows: range) -> torch.Tensor:
-    import datasets
-
     ds = datasets.load_dataset("parquet", data_files=str(MNIST5K), split="train").select(rows)
     return torch.tensor(ds["label"])
 
@@ -170,8 +167,6 @@ def train_classifier(epochs: int = 8, seed: int = 0, batch_size: int = 64) -> tu
 def save_classifier(
     model: MnistClassifier, path: str | Path, accuracy: float, seed: int, epochs: int
 ) -> None:
-    from safetensors.torch import save_model
-
     metadata = {
         "held_out_accuracy": f"{accuracy:.4f}",
         "seed": str(seed),
@@ -184,8 +179,6 @@ def save_classifier(
 
 def load_classifier(path: str | Path | None = None) -> MnistClassifier:
     """The shipped MNIST-5k classifier (or the safetensors file at ``path``), in eval mode."""
-    from safetensors.torch import load_model
-
     path = Path(path) if path is not None else CLASSIFIER_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(
@@ -460,8 +453,6 @@ def inception_features(images: torch.Tensor) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m ddpm_hub.evaluate train-classifier OUT``: rebuild the shipped classifier weights."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m ddpm_hub.evaluate", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train-classifier", help="train the MNIST-5k classifier and save it as safetensors")

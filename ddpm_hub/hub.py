@@ -34,6 +34,8 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import safe_open
 
+from . import __version__
+from .conditioning import DEFAULT_GUIDANCE_SCALE
 from .datasets import BUILTIN_DATASET_SOURCES
 from .loading import HubLoadError as HubLoadError  # re-exported: it lived here before ddpm_hub.loading
 from .loading import check_pipeline_folder, pipeline_folder
@@ -147,8 +149,6 @@ def _objective(scheduler_config: dict[str, Any]) -> str:
 
 def _requirements(index: dict[str, Any], info: dict[str, Any] | None) -> list[tuple[str, str | None]]:
     """(distribution, version) pairs needed to load this pipeline: ddpm-hub and any plugins."""
-    from . import __version__
-
     reqs: dict[str, str | None] = {"ddpm-hub": (info or {}).get("ddpm_hub_version") or __version__}
     for plugin in (info or {}).get("plugins") or []:
         if isinstance(plugin, dict) and plugin.get("distribution"):
@@ -233,8 +233,6 @@ def write_model_card(
         "",
     ]
     if class_names:
-        from .conditioning import DEFAULT_GUIDANCE_SCALE
-
         lines += [
             f"Classes ({len(class_names)}, id: name): "
             + ", ".join(f"{i}: `{name}`" for i, name in enumerate(class_names))

@@ -29,9 +29,13 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import pluggy
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 
 from . import hookspecs
 
@@ -53,14 +57,19 @@ __all__ = [
     "load_plugins",
     "allowed_plugins",
     "distribution_of",
-    "schedule_betas",
+    "set_smoke_check",
+    "smoke_check",
     "check_backbone",
     "unavailable_reason",
     "one_line_warnings",
 ]
 
 ENTRY_POINT_GROUP = "ddpm_hub"
-DEFAULT_PLUGINS = ("ddpm_hub.schedules", "ddpm_hub.samplers", "ddpm_hub.models.unet")
+#: the built-in plugins (``ddpm_hub.schedules``, ``ddpm_hub.samplers``, ``ddpm_hub.models.unet``), registered
+#: through the same hooks as installed ones. ``ddpm_hub/__init__.py`` hands them over
+#: (:func:`register_builtins`): they use this module (the scheduler looks its schedule up here), so this
+#: module imports none of them, by name or by string.
+BUILTIN_PLUGINS: list[ModuleType] = []
 KINDS = ("schedules", "samplers", "backbones")
 HOOKS = tuple(f"register_{kind}" for kind in KINDS)
 CORE_DISTRIBUTION = "ddpm-hub"
@@ -82,7 +91,7 @@ class Entry:
 
     @property
     def builtin(self) -> bool:
-        return self.plugin in DEFAULT_PLUGINS
+        return self.plugin in _builtin_names()
 
     def who(self) -> str:
         """``the ddpm-hub plugin 'dit' (distribution 'ddpm-hub-dit')``: whom a broken contract is blamed on."""
@@ -160,12 +169,23 @@ def distribution_of(obj: Any) -> tuple[str, str] | None:
     return None
 
 
+def _builtin_names() -> set[str]:
+    return {module.__name__ for module in BUILTIN_PLUGINS}
+
+
+def register_builtins(*modules: ModuleType) -> None:
+    """Declare ddpm-hub's built-in plugin modules; ``ddpm_hub/__init__.py`` calls this once."""
+    for module in modules:
+        if module not in BUILTIN_PLUGINS:
+            BUILTIN_PLUGINS.append(module)
+    reset_registries()
+
+
 def _load_default_plugins() -> None:
-    for module_name in DEFAULT_PLUGINS:
-        module = importlib.import_module(module_name)
+    for module in BUILTIN_PLUGINS:
         if not pm.is_registered(module):
-            pm.register(module, name=module_name)
-            _plugin_dists[module_name] = (CORE_DISTRIBUTION, _core_version())
+            pm.register(module, name=module.__name__)
+            _plugin_dists[module.__name__] = (CORE_DISTRIBUTION, _core_version())
 
 
 def _normalize(name: str) -> str:
@@ -315,7 +335,7 @@ def _disable_unknown_hooks() -> list[Disabled]:
                     bad.setdefault(impl.plugin_name, []).append(hook)
     disabled = []
     for plugin, hooks in sorted(bad.items()):
-        if plugin in DEFAULT_PLUGINS:
+        if plugin in _builtin_names():
             raise pluggy.PluginValidationError(
                 pm.get_plugin(plugin), f"ddpm-hub's {plugin} implements {hooks}"
             )
@@ -413,8 +433,6 @@ def _signature(fn: Any) -> str:
 
 def _registers_its_config(init: Any) -> bool:
     """Whether ``init`` (a class's ``__init__``) is wrapped by diffusers' ``@register_to_config``."""
-    from diffusers.configuration_utils import register_to_config
-
     wrapped = register_to_config(lambda self: None).__code__
     while init is not None:
         if getattr(init, "__code__", None) is wrapped:
@@ -424,8 +442,6 @@ def _registers_its_config(init: Any) -> bool:
 
 
 def _check_backbone(name: str, cls: Any) -> None:
-    from diffusers import ConfigMixin, ModelMixin
-
     if not (isinstance(cls, type) and issubclass(cls, ModelMixin) and issubclass(cls, ConfigMixin)):
         raise PluginError(
             f"it registered the backbone {name!r} as {cls!r}, which is not a diffusers ModelMixin + ConfigMixin class "
@@ -464,7 +480,7 @@ def _collect() -> dict[str, dict[str, Entry]]:
         for impl in getattr(pm.hook, f"register_{kind}").get_hookimpls():
             if impl.plugin_name not in plugins_in_order:
                 plugins_in_order.append(impl.plugin_name)
-    plugins_in_order.sort(key=lambda p: p not in DEFAULT_PLUGINS)
+    plugins_in_order.sort(key=lambda p: p not in _builtin_names())
     for plugin_name in plugins_in_order:
         dist, version = _plugin_dists.get(plugin_name, (plugin_name, "unknown"))
         staged: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
@@ -479,7 +495,7 @@ def _collect() -> dict[str, dict[str, Entry]]:
                             )
                         )
         except Exception as exc:
-            if plugin_name in DEFAULT_PLUGINS:
+            if plugin_name in _builtin_names():
                 raise
             reason = (
                 str(exc) if isinstance(exc, PluginError) else f"its register hook raised {_one_line(exc)}"
@@ -509,7 +525,7 @@ def _registrar(kind, plugin_name, dist, version, staged, attempted, registries):
         if name in staged[kind]:
             raise PluginError(f"it registered the {kind[:-1]} {name!r} twice")
         builtin = registries[kind].get(name)
-        if builtin is not None and builtin.builtin and plugin_name not in DEFAULT_PLUGINS:
+        if builtin is not None and builtin.builtin and plugin_name not in _builtin_names():
             raise PluginError(
                 f"it registered the {kind[:-1]} {name!r}, a name ddpm-hub itself provides; pick another name for it"
             )
@@ -641,8 +657,23 @@ def backbone_name_of(cls: type) -> Entry | None:
 
 #: the T a plugin's schedule is first run with: the smallest possible and a small one
 SMOKE_TIMESTEPS = (1, 10)
-#: the ddpm-hub config a plugin's sampler is first built from
-SMOKE_SAMPLER_TIMESTEPS = 100
+
+
+#: kind -> the first-use check of a plugin's entry, for the kinds whose check needs a module that uses this one
+#: (``ddpm_hub.samplers`` sets ``samplers``: building a sampler needs the scheduler)
+_smoke_checks: dict[str, Callable[[Entry], None]] = {}
+
+
+def set_smoke_check(kind: str, check: Callable[[Entry], None]) -> None:
+    """Install ``check(entry)``, run once on the first use of each plugin entry of ``kind``; it raises
+    :class:`PluginError` naming the plugin (see ``Entry.who``) when the entry breaks its contract."""
+    _smoke_checks[kind] = check
+    _smoke.clear()
+
+
+def smoke_check(kind: str, entry: Entry) -> None:
+    """Run (once) the first-use check of ``entry``; raise its :class:`PluginError` on every use if it failed."""
+    _smoke_check(kind, entry)
 
 
 def _smoke_check(kind: str, entry: Entry) -> None:
@@ -651,7 +682,9 @@ def _smoke_check(kind: str, entry: Entry) -> None:
     key = (kind, entry.name)
     if key not in _smoke:
         try:
-            {"schedules": _smoke_schedule, "samplers": _smoke_sampler}[kind](entry)
+            check = {"schedules": _smoke_schedule, **_smoke_checks}.get(kind)
+            if check is not None:
+                check(entry)
             _smoke[key] = None
         except PluginError as exc:
             _smoke[key] = exc
@@ -679,8 +712,6 @@ def _smoke_schedule(entry: Entry) -> None:
 
 
 def _betas_problem(betas: Any, T: int) -> str | None:
-    import torch
-
     if not isinstance(betas, torch.Tensor):
         return f"it returned {type(betas).__name__}, not a float64 tensor"
     if tuple(betas.shape) != (T,):
@@ -693,84 +724,11 @@ def _betas_problem(betas: Any, T: int) -> str | None:
     return None
 
 
-def _smoke_sampler(entry: Entry) -> None:
-    import torch
-
-    from .scheduler import DDPMHubScheduler
-
-    T = SMOKE_SAMPLER_TIMESTEPS
-    training = DDPMHubScheduler(num_train_timesteps=T)
-    rule = f"building it from a ddpm-hub scheduler config (T={T}) and taking one step"
-    try:
-        sampler = entry.obj({**training.config, "_class_name": "DDPMHubScheduler"}, training.betas.clone())
-        steps = min(max(entry.default_steps or 10, entry.min_steps), T)
-        sampler.set_timesteps(steps)
-        timesteps = sampler.timesteps
-        sample = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-        model_input = sampler.scale_model_input(sample, timesteps[0])
-        prev = sampler.step(torch.zeros_like(sample), timesteps[0], sample).prev_sample
-    except Exception as exc:
-        raise PluginError(
-            f"{entry.who()}: its sampler {entry.name!r} fails {rule}: {_one_line(exc)}"
-        ) from exc
-    if not len(timesteps):
-        raise PluginError(f"{entry.who()}: its sampler {entry.name!r} set no timesteps for {steps} steps")
-    for what, value in (("scale_model_input", model_input), ("step(...).prev_sample", prev)):
-        if not isinstance(value, torch.Tensor) or value.shape != sample.shape:
-            raise PluginError(
-                f"{entry.who()}: its sampler's {what} gave {type(value).__name__} "
-                f"{tuple(getattr(value, 'shape', ()))} for a {tuple(sample.shape)} sample"
-            )
-
-
-def schedule_betas(
-    name: str, num_train_timesteps: int, beta_start: float | None, beta_end: float | None
-) -> Any:
-    """The betas of the registered schedule ``name``, checked (``ddpm_hub.schedules.check_betas``).
-
-    Bad betas from a plugin's schedule blame the plugin (its distribution and the rule), unless the config set
-    ``beta_start``/``beta_end`` that the schedule used.
-    """
-    from .schedules import check_betas
-
-    entry = _get("schedules", name)
-    _smoke_check("schedules", entry)
-    try:
-        betas = entry.obj(num_train_timesteps, beta_start=beta_start, beta_end=beta_end)
-    except Exception as exc:
-        if entry.builtin:
-            raise
-        raise PluginError(
-            f"{entry.who()}: its schedule {name!r} raised {_one_line(exc)} for num_train_timesteps="
-            f"{num_train_timesteps}, beta_start={beta_start}, beta_end={beta_end}"
-        ) from exc
-    user_range = beta_start is not None or beta_end is not None
-    if entry.builtin or user_range:
-        betas = check_betas(betas, name)
-    else:
-        problem = _betas_problem(betas, num_train_timesteps)
-        if problem:
-            raise PluginError(
-                f"{entry.who()}: its schedule {name!r} gives bad betas for num_train_timesteps={num_train_timesteps} "
-                f"(beta_start and beta_end unset, so this is the plugin's fault, not the config's): {problem}"
-            )
-        betas = check_betas(betas, name)
-    if betas.numel() != num_train_timesteps:
-        raise ValueError(
-            f"schedule {name!r} returned {betas.numel()} betas for num_train_timesteps={num_train_timesteps}"
-        )
-    return betas
-
-
 def check_backbone(model: Any, num_train_timesteps: int) -> None:
     """One forward of ``model`` on a batch of 2 at its own size, with a ``(B,)`` timestep (as training calls
     it) and a scalar one (as samplers do); raise :class:`PluginError` (naming the plugin) or ``ValueError``
     (a built-in backbone: the config) when it breaks the backbone contract. Training calls it before it
     creates the run folder."""
-    import torch
-
-    from .pipeline import check_backbone_output
-
     entry = backbone_name_of(type(model))
     size = model.config.sample_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)
@@ -779,7 +737,7 @@ def check_backbone(model: Any, num_train_timesteps: int) -> None:
     try:
         with torch.no_grad():
             for t in (torch.tensor([0, T - 1]), torch.tensor(T - 1)):
-                check_backbone_output(model, model(sample, t), sample)
+                _check_output(model, model(sample, t), sample)
     except Exception as exc:
         what = (
             f"forward on a {tuple(sample.shape)} sample with timestep {t.tolist()} failed: {_one_line(exc)}"
@@ -790,6 +748,19 @@ def check_backbone(model: Any, num_train_timesteps: int) -> None:
         raise PluginError(
             f"{entry.who()}: its backbone {entry.name!r} breaks the backbone contract: {what}"
         ) from exc
+
+
+def _check_output(model: Any, output: Any, sample: torch.Tensor) -> None:
+    result = getattr(output, "sample", None)
+    if not isinstance(result, torch.Tensor):
+        raise TypeError(
+            f"{type(model).__name__} returned {type(output).__name__}; a backbone must return an object with a .sample "
+            "tensor (a diffusers BaseOutput)"
+        )
+    B, _, H, W = sample.shape
+    expected = (B, model.config.out_channels or model.config.in_channels, H, W)
+    if tuple(result.shape) != expected:
+        raise ValueError(f".sample has shape {tuple(result.shape)}, expected {expected}")
 
 
 def _smoke_backbone(entry: Entry) -> None:
@@ -875,7 +846,7 @@ def plugin_info(include_builtins: bool = False, check: bool = True) -> list[dict
     registries = {kind: _registry(kind) for kind in KINDS}
     out = []
     for name, plugin in pm.list_name_plugin():
-        if name in DEFAULT_PLUGINS and not include_builtins:
+        if name in _builtin_names() and not include_builtins:
             continue
         dist, version = _plugin_dists.get(name, (name, "unknown"))
         record: dict[str, Any] = {
@@ -892,7 +863,7 @@ def plugin_info(include_builtins: bool = False, check: bool = True) -> list[dict
         if disabled is not None:
             record["error"] = disabled.reason
         problems = []
-        if check and name not in DEFAULT_PLUGINS:
+        if check and name not in _builtin_names():
             for kind in KINDS:
                 for entry_name in registered[kind]:
                     entry = registries[kind][entry_name]
@@ -914,7 +885,7 @@ def plugin_info(include_builtins: bool = False, check: bool = True) -> list[dict
             record["warnings"] = warns
         out.append(record)
     for d in _disabled_at_load.values():
-        if d.plugin in DEFAULT_PLUGINS and not include_builtins:
+        if d.plugin in _builtin_names() and not include_builtins:
             continue
         out.append(
             {

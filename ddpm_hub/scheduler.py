@@ -26,8 +26,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .plugins import schedule_betas
-from .schedules import DEFAULT_NUM_TRAIN_TIMESTEPS, check_betas, default_beta_range
+from .schedules import DEFAULT_NUM_TRAIN_TIMESTEPS, check_betas, default_beta_range, schedule_betas
 
 Tensor = torch.Tensor
 

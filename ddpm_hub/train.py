@@ -13,10 +13,11 @@ around which Accelerate adds devices, processes, mixed precision and gradient ac
 adds what users of diffusers' ``train_unconditional.py`` and lucidrains' ``Trainer`` ask for: an EMA of the
 weights (diffusers' ``EMAModel``, warmed-up decay; the schedule tensors live in the scheduler, never in the
 model it averages), gradient clipping, learning-rate warmup, optional min-SNR weighting, a guard that stops
-on a non-finite loss, sample grids, TensorBoard, checkpoints (``accelerator.save_state``, written to a
-temporary folder and renamed, so a killed process never leaves a half-written ``latest``) and an exact
-``--resume`` that continues the run's own config and never unpickles anything from a checkpoint (see
-:func:`load_checkpoint`). Ctrl-C saves a checkpoint and prints the command that continues.
+on a non-finite loss, sample grids (on the training device), any tracker accelerate supports, checkpoints
+(``accelerator.save_state``, written to a temporary folder and renamed, so a killed process never leaves a
+half-written ``latest``) and an exact ``--resume`` that continues the run's own config and never unpickles
+anything from a checkpoint (see :func:`load_checkpoint`). Ctrl-C saves a checkpoint and prints the command
+that continues.
 
 Run it as ``python -m ddpm_hub.train``, ``accelerate launch -m ddpm_hub.train`` or ``ddpm-hub train``, with
 ``--config FILE`` and ``--key value`` overrides (see ``ddpm_hub.config``). It writes a run folder::
@@ -26,12 +27,13 @@ Run it as ``python -m ddpm_hub.train``, ``accelerate launch -m ddpm_hub.train`` 
       checkpoints/checkpoint-STEP/   accelerator.save_state (model, optimizer, lr, RNG) + EMA (safetensors)
                                      + train_state.json (step, data position, loss history)
       samples/step-STEP.png          sample grids during training
-      logs/                TensorBoard (loss, lr, sample grids)
+      logs/                the trackers' files (TensorBoard: loss, lr, images/s, sample grids)
       config.yaml  samples.png  loss.png  train_info.json
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -46,13 +48,29 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import (
+    DistributedType,
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+    gather_object,
+    set_seed,
+)
+from accelerate.utils import load as accelerate_load
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
+from . import __version__
+from .conditioning import check_backbone_supports
 from .config import (
     ConfigError,
     TrainConfig,
@@ -61,8 +79,15 @@ from .config import (
     describe,
     run_config_file,
     saved_run_config,
+    tracker_names,
 )
-from .data import DataError
+from .data import DataError, ShardedBatchSampler, load_images, random_flip
+from .hub import HubPushError, push, write_model_card
+from .images import make_grid
+from .pipeline import DDPMHubPipeline, pipeline_requirements
+from .plugins import PluginError, check_backbone, get_sampler, one_line_warnings, provider
+from .samplers import resolve_steps
+from .scheduler import DDPMHubScheduler
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-"
@@ -184,8 +209,6 @@ def save_checkpoint(
 
 def _save_ema(ema, model: torch.nn.Module, folder: Path) -> None:
     """diffusers' EMAModel.state_dict(), split into its weights (safetensors, by parameter name) and the rest (JSON)."""
-    from safetensors.torch import save_file
-
     state = ema.state_dict()
     names = [name for name, _ in model.named_parameters()]
     shadow = state.pop("shadow_params")
@@ -214,9 +237,6 @@ def verify_checkpoint(
     with CheckpointError naming the checkpoint and the file; a model whose tensors do not fit says so in one
     line.
     """
-    from accelerate.utils import load as accelerate_load
-    from safetensors.torch import load_file
-
     legacy = sorted(p.name for p in checkpoint.glob("custom_checkpoint_*.pkl"))
     if legacy:
         raise CheckpointError(
@@ -333,9 +353,6 @@ def build_model(
 ) -> torch.nn.Module:
     """The backbone ``config.backbone`` from the registry, sized to the data unless the config says otherwise;
     class-conditional with ``num_classes`` classes when given (labelled data)."""
-    from .conditioning import check_backbone_supports
-    from .plugins import provider
-
     try:
         entry = provider("backbones", config.backbone)
     except ValueError as exc:
@@ -412,9 +429,6 @@ def _model_hint(backbone: str, cls: type) -> str:
 
 
 def build_scheduler(config: TrainConfig):
-    from .plugins import PluginError
-    from .scheduler import DDPMHubScheduler
-
     _check_kwargs("scheduler", DDPMHubScheduler, config.scheduler)
     try:
         return DDPMHubScheduler(**config.scheduler)
@@ -453,8 +467,6 @@ def format_count(n: int) -> str:
 def _check_plugins_before_the_run_folder(config: TrainConfig, model: torch.nn.Module, T: int) -> None:
     """Run the backbone once and build the samplers the run will use, so that a broken plugin (or a model
     config its backbone cannot run) fails with one line before anything is written."""
-    from .plugins import check_backbone, get_sampler
-
     try:
         check_backbone(model, T)
     except ValueError as exc:
@@ -484,20 +496,85 @@ def hardware(accelerator) -> str:
     return f"CPU ({cpu}, {os.cpu_count()} cores), {n} process{'es' if n > 1 else ''}"
 
 
-def ema_weights(model: torch.nn.Module, ema) -> torch.nn.Module:
-    """A new float32 model with the EMA weights (or a copy of ``model``'s without EMA), for sampling and saving.
+def ema_weights(
+    model: torch.nn.Module, ema, device: torch.device | str = "cpu", net: torch.nn.Module | None = None
+) -> torch.nn.Module:
+    """A float32 model on ``device`` with the EMA weights (or ``model``'s without EMA), for sampling and saving.
 
     Built from the config rather than deep-copied: under mixed precision Accelerate wraps ``model.forward``,
-    and a deep copy would keep calling the training model.
+    and a deep copy would keep calling the training model. ``net``: a model this function returned before,
+    refreshed in place (the grids during training reuse one).
     """
-    with torch.random.fork_rng(
-        devices=[]
-    ):  # building a model draws init weights: keep the training RNG intact
-        net = type(model).from_config(model.config)
+    if net is None:
+        with torch.random.fork_rng(devices=[]):  # building a model draws init weights: keep the training RNG
+            net = type(model).from_config(model.config)
+        net = net.to(device).float()  # every parameter and buffer; .float(): no dtype warning from diffusers
     net.load_state_dict(model.state_dict())
     if ema is not None:
         ema.copy_to(net.parameters())
-    return net.float().eval()
+    return net.eval()
+
+
+def sampling_pipeline(
+    model: torch.nn.Module,
+    ema,
+    scheduler,
+    device: torch.device | str,
+    net: torch.nn.Module | None = None,
+    class_names: list[str] | None = None,
+):
+    """The ``DDPMHubPipeline`` of the EMA weights on ``device`` (grids, samples.png, the saved pipeline)."""
+    pipe = DDPMHubPipeline(
+        unet=ema_weights(model, ema, device, net), scheduler=scheduler, class_names=class_names
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def resolve_mixed_precision(config: TrainConfig) -> tuple[str, str]:
+    """The precision to ask accelerate for, and where that choice came from (for the banner and train_info).
+
+    An explicit ``mixed_precision`` in the config wins; unset (null), the launcher's choice holds:
+    ``accelerate launch --mixed_precision`` and the accelerate config file reach the processes as
+    ACCELERATE_MIXED_PRECISION; without either, ``no`` (float32).
+    """
+    if config.mixed_precision is not None:
+        return config.mixed_precision, "from the training config"
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launcher:
+        return (
+            launcher.lower(),
+            "from the launcher: ACCELERATE_MIXED_PRECISION, set by accelerate launch --mixed_precision or "
+            "accelerate config",
+        )
+    return "no", "the default: neither the training config nor the launcher sets one"
+
+
+def precision_that_ran(accelerator) -> str:
+    """The precision accelerate really trains in: fp16 on the CPU runs float32 (accelerate has no fp16 autocast
+    there), which ``accelerator.mixed_precision`` does not say."""
+    mixed = accelerator.mixed_precision
+    if (
+        mixed == "fp16"
+        and not accelerator.native_amp
+        and accelerator.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+    ):
+        return "no"
+    return mixed
+
+
+def log_images(accelerator, name: str, image, step: int) -> list[str]:
+    """Log a PIL image to every tracker that takes images (accelerate's ``tracker.log_images``); return the
+    names of the trackers that do not (their grids are in samples/ only)."""
+    array = np.asarray(image.convert("RGB"))[None]  # (1, H, W, 3): TensorBoard's add_images takes no list
+    skipped = []
+    for tracker in accelerator.trackers:
+        if not hasattr(tracker, "log_images"):
+            skipped.append(tracker.name)
+            continue
+        kwargs = {"dataformats": "NHWC"} if tracker.name == "tensorboard" else {}
+        tracker.log_images({name: array}, step=step, **kwargs)
+    return skipped
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -660,8 +737,6 @@ class _Interrupt:
 
 def check_sampling(config: TrainConfig, num_train_timesteps: int) -> None:
     """Every sampling setting checked against T before step 1, so a grid never fails hours into a run."""
-    from .samplers import resolve_steps
-
     settings = [("final_sampler", "final_inference_steps")]
     if config.sample_steps and config.sample_steps < config.max_steps:
         settings.insert(0, ("sample_sampler", "sample_inference_steps"))
@@ -678,18 +753,29 @@ def train(config: TrainConfig, dataset=None) -> Path:
 
     ``dataset``: a ``datasets.Dataset`` to train on instead of ``config.data.dataset``.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
     config.validate()
     run_dir = Path(config.output_dir).expanduser().resolve()
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        log_with=None if config.log_with == "none" else config.log_with,
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
-        step_scheduler_with_optimizer=False,  # the lr schedule counts optimizer steps, whatever the world size
-    )
+    mixed_precision, _ = resolve_mixed_precision(config)
+    try:
+        accelerator = Accelerator(
+            mixed_precision=mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with=tracker_names(config.log_with) or None,
+            project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+            step_scheduler_with_optimizer=False,  # the lr schedule counts optimizer steps, whatever the world size
+            # the other ranks wait at a barrier while the main process samples a grid or the final samples
+            # (on the training device: seconds on a GPU); NCCL's own default would give up after 10 minutes
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=30))],
+        )
+    except ValueError as exc:
+        if "already been initialized" in str(exc):  # accelerate fixes the precision once per process
+            raise ConfigError(
+                f"mixed_precision {mixed_precision}: this Python process already trained with another precision, "
+                "and accelerate sets it once per process; train in a new process (ddpm-hub train ...)"
+            ) from None
+        raise ConfigError(
+            f"accelerate rejected the setup (mixed_precision {mixed_precision}): {exc}"
+        ) from exc
     interrupt = _Interrupt()
     try:
         run_dir = _train(config, dataset, accelerator, run_dir, interrupt)
@@ -699,17 +785,10 @@ def train(config: TrainConfig, dataset=None) -> Path:
     finally:
         interrupt.uninstall()
         accelerator.end_training()
-        if accelerator.num_processes == 1:  # let a later train() in this process choose another precision
-            from accelerate.state import AcceleratorState, GradientState
-
-            AcceleratorState._reset_state(reset_partial_state=True)
-            GradientState._reset_state()
 
 
 def push_run(config: TrainConfig, run_dir: Path):
     """Push the finished run to ``config.hub_repo_id`` (``push_to_hub: true``); return the commit info."""
-    from .hub import HubPushError, push
-
     info = json.loads((run_dir / "train_info.json").read_text())
     try:
         commit = push(
@@ -730,14 +809,6 @@ def push_run(config: TrainConfig, run_dir: Path):
 
 
 def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: _Interrupt) -> Path:
-    from accelerate.utils import gather_object, set_seed
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
-
-    from . import __version__
-    from .data import ShardedBatchSampler, load_images, random_flip
-
     main = accelerator.is_main_process
     resume_from = _prepare_output_dir(config, run_dir, main)  # every process checks
     accelerator.wait_for_everyone()
@@ -801,29 +872,43 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
     )
     batches = data.batches(sampler, num_workers=config.data.num_workers)
 
+    requested, precision_source = resolve_mixed_precision(config)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config.to_yaml())
-    if config.log_with != "none":
+        # the resolved precision, so that --resume (the saved config wins) continues in the same one
+        resolved = dataclasses.replace(config, mixed_precision=requested)
+        (run_dir / "config.yaml").write_text(resolved.to_yaml())
+    if tracker_names(config.log_with):
         accelerator.init_trackers("train", config=_flat(config.to_dict()))
+    precision = precision_that_ran(accelerator)
+    precision_note = f"mixed precision {precision} ({precision_source})"
+    if precision != requested:
+        precision_note = (
+            f"mixed precision {precision}: {requested} was asked for ({precision_source}), but accelerate has no "
+            f"{requested} on {accelerator.device.type}, so this run trains in float32 (for reduced "
+            "precision on a CPU use bf16)"
+        )
     accelerator.print(
         f"ddpm-hub {__version__}: {data.num_images} images ({data.source}, {data.channels}x{data.image_size}x"
         f"{data.image_size}{', pre-decoded' if data.images is not None else ''}), backbone {config.backbone} "
         f"({format_count(num_parameters)} parameters), T={T} {scheduler.config.beta_schedule}\n"
-        f"{hardware(accelerator)}, mixed precision {config.mixed_precision}, global batch {global_batch} "
+        f"{hardware(accelerator)}, {precision_note}\nglobal batch {global_batch} "
         f"({config.batch_size} x {accelerator.num_processes} process(es) x {config.gradient_accumulation_steps} "
         f"accumulation), steps {state.step} -> {config.max_steps}\nwriting to {run_dir}"
     )
 
     device = accelerator.device
 
-    def sample_grid(sampler_name: str, steps: int | None) -> torch.Tensor:
-        """(B, C, H, W) images in [0, 1] from the EMA weights (main process), fixed seed for comparability."""
-        from .pipeline import DDPMHubPipeline
+    sampling_net = None  # the EMA weights' model on the device, built once, refreshed for every grid
 
-        net = ema_weights(accelerator.unwrap_model(model), ema)
-        pipe = DDPMHubPipeline(unet=net, scheduler=scheduler, class_names=data.class_names)
-        pipe.set_progress_bar_config(disable=True)
+    def sample_grid(sampler_name: str, steps: int | None) -> torch.Tensor:
+        """(B, C, H, W) images in [0, 1] from the EMA weights on the training device (main process), fixed seed
+        for comparability (a CPU generator: the same noise on every device)."""
+        nonlocal sampling_net
+        pipe = sampling_pipeline(
+            accelerator.unwrap_model(model), ema, scheduler, device, sampling_net, data.class_names
+        )
+        sampling_net = pipe.unet
         # a class-conditional grid cycles through the classes: 0, 1, ..., n-1, 0, 1, ...
         labels = None if num_classes is None else [i % num_classes for i in range(config.num_sample_images)]
         return pipe(
@@ -836,8 +921,7 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
         ).images
 
     def write_grid(step: int) -> None:
-        from .images import make_grid
-
+        start = time.perf_counter()
         try:
             images = sample_grid(config.sample_sampler, config.sample_inference_steps)
         except Exception as exc:  # a grid is a view of the run, never a reason to stop it
@@ -847,11 +931,17 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
                 flush=True,
             )
             return
+        seconds = time.perf_counter() - start
         (run_dir / "samples").mkdir(exist_ok=True)
-        make_grid(images).save(run_dir / "samples" / f"step-{step}.png")
-        if config.log_with == "tensorboard":
-            grid = torch.from_numpy(np.array(make_grid(images).convert("RGB"))).permute(2, 0, 1)
-            accelerator.get_tracker("tensorboard").writer.add_image("samples", grid, step)
+        grid = make_grid(images)
+        grid.save(run_dir / "samples" / f"step-{step}.png")
+        skipped = log_images(accelerator, "samples", grid, step)
+        accelerator.log({"samples/seconds": seconds}, step=step)
+        bar.write(
+            f"step {step}: samples/step-{step}.png, {len(images)} images by {config.sample_sampler} in "
+            f"{seconds:.1f} s on {device}"
+            + (f" (not logged to {', '.join(skipped)}: accelerate logs no images there)" if skipped else "")
+        )
 
     # Running sums on the device: read back (a host sync) only every logging_steps.
     loss_sum = torch.zeros((), device=device)
@@ -875,7 +965,7 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
                 f"the loss became non-finite (NaN or inf) {where}; training stopped and the weights after it were "
                 f"not saved; {keep} (resume with --resume {last_good or 'latest'}). Usual fixes: a lower "
                 f"learning_rate (now {config.learning_rate}), max_grad_norm (now {config.max_grad_norm}), "
-                f"mixed_precision bf16 or no instead of fp16 (now {config.mixed_precision})"
+                f"mixed_precision bf16 or no instead of fp16 (now {precision})"
             )
         return stats[0] / max(stats[1], 1.0), stats[1]
 
@@ -1013,6 +1103,11 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
             digests,
             measured_global_batch or global_batch,
             sample_grid,
+            {
+                "mixed_precision": precision,
+                "mixed_precision_requested": requested,
+                "mixed_precision_source": precision_source,
+            },
         )
     accelerator.wait_for_everyone()
     return run_dir
@@ -1031,21 +1126,20 @@ def _finish(
     digests,
     global_batch,
     sample_grid,
+    precision,
 ) -> None:
-    from . import __version__
-    from .images import make_grid
-    from .pipeline import DDPMHubPipeline, pipeline_requirements
-
-    net = ema_weights(unwrapped, ema)
-    pipe = DDPMHubPipeline(unet=net, scheduler=scheduler, class_names=data.class_names)
+    pipe = sampling_pipeline(unwrapped, ema, scheduler, accelerator.device, class_names=data.class_names)
+    net = pipe.unet
     tmp = run_dir / f"{TMP_PREFIX}pipeline"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
     shutil.rmtree(run_dir / "pipeline", ignore_errors=True)
     os.replace(tmp, run_dir / "pipeline")
 
+    start = time.perf_counter()
     images = sample_grid(config.final_sampler, config.final_inference_steps)
     make_grid(images).save(run_dir / "samples.png")
+    final_grid_s = time.perf_counter() - start
     final_loss = state.loss_history[-1][1] if state.loss_history else float("nan")
     plot_loss(
         state.loss_history,
@@ -1068,13 +1162,20 @@ def _finish(
         "backbone": config.backbone,
         "num_parameters": num_parameters,
         **({"class_names": data.class_names, "p_uncond": config.p_uncond} if data.class_names else {}),
-        "mixed_precision": config.mixed_precision,
+        **precision,  # what ran (fp16 asked for on a CPU runs float32), what was asked for, and by whom
         "ema_decay": config.ema.max_decay if ema is not None else None,
         "ema_decay_reached": getattr(ema, "cur_decay_value", None),
         "hardware": hardware(accelerator),
         "num_processes": accelerator.num_processes,
         "wall_time_s": round(state.wall_time_s, 2),
         "images_per_s": round(state.images_seen / state.wall_time_s, 2) if state.wall_time_s else None,
+        "sample_device": str(accelerator.device),
+        "peak_device_memory_mib": (
+            round(torch.cuda.max_memory_allocated(accelerator.device) / 2**20, 1)
+            if accelerator.device.type == "cuda"
+            else None
+        ),
+        "final_samples_s": round(final_grid_s, 2),
         "final_loss": final_loss,
         "weights_sha256_per_process": digests,
         "ddpm_hub_version": __version__,
@@ -1088,12 +1189,7 @@ def _finish(
         ],
     }
     (run_dir / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    try:  # the Hub module's model card, where it is installed
-        from .hub import write_model_card
-    except ImportError:
-        pass
-    else:
-        write_model_card(run_dir / "pipeline", info, repo_id=config.hub_repo_id)
+    write_model_card(run_dir / "pipeline", info, repo_id=config.hub_repo_id)
     tensorboard = any(t.name == "tensorboard" for t in accelerator.trackers)
     print(
         f"done: {state.step} steps in {state.wall_time_s:.0f} s, final loss {final_loss:.4f}\n"
@@ -1120,8 +1216,6 @@ keys:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .plugins import one_line_warnings
-
     one_line_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -1132,9 +1226,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from .hub import HubPushError
-    from .plugins import PluginError
-
     try:
         try:
             train(config)
@@ -1157,8 +1248,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _close_progress_bars() -> None:
-    from tqdm.auto import tqdm
-
     for bar in list(getattr(tqdm, "_instances", ())):
         bar.close()
 

@@ -53,6 +53,7 @@ from huggingface_hub.utils import validate_repo_id
 from PIL import Image
 
 import ddpm_hub
+from ddpm_hub.devices import allow_fast_float32, select_device
 from ddpm_hub.images import make_grid
 from ddpm_hub.loading import download_pipeline, pipeline_folder
 from ddpm_hub.plugins import get_samplers
@@ -231,8 +232,9 @@ def _build(ref: ModelRef, revision: str | None) -> ddpm_hub.DDPMHubPipeline:
         pipe = ddpm_hub.load_pipeline(download_pipeline(ref.location, revision=revision))
     else:
         pipe = ddpm_hub.load_pipeline(ref.location)
-    if torch.cuda.is_available():
-        pipe = pipe.to("cuda")
+    device = select_device("auto")  # the Space's hardware: CUDA, XPU, MPS, else the CPU
+    allow_fast_float32(device)
+    pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)  # the Space shows its own progress
     return pipe
 

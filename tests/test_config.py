@@ -75,6 +75,31 @@ def test_config_file_then_overrides(tmp_path):
     assert parse_overrides(["--config=x.yaml"]) == ("x.yaml", [])
 
 
+def test_yaml_1_1_boolean_words_stay_strings_for_string_keys(tmp_path):
+    """``no``/``off``/``yes``/``on`` are YAML 1.1 booleans; a string-typed key keeps the word, a boolean key takes it
+    as a boolean (and true/false stay booleans)."""
+    config = config_from_argv(
+        ["--mixed_precision", "no", "--hub_revision", "on", "--data.split", "yes", "--output_dir", "off"]
+    )
+    assert (config.mixed_precision, config.hub_revision, config.data.split, config.output_dir) == (
+        "no",
+        "on",
+        "yes",
+        "off",
+    )
+    config = config_from_argv(
+        ["--data.random_flip", "yes", "--ema.enabled", "off", "--data.center_crop", "no"]
+    )
+    assert (config.data.random_flip, config.ema.enabled, config.data.center_crop) == (True, False, False)
+    assert config_from_argv(["--data.random_flip", "true"]).data.random_flip is True
+    path = tmp_path / "c.yaml"
+    path.write_text("mixed_precision: no\ndata:\n  random_flip: on\n")
+    config = config_from_argv(["--config", str(path)])
+    assert config.mixed_precision == "no" and config.data.random_flip is True
+    with pytest.raises(ConfigError, match="bad value for mixed_precision: False"):
+        config_from_argv(["--mixed_precision", "false"])
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -84,7 +109,7 @@ def test_config_file_then_overrides(tmp_path):
         (["--max_steps", "ten"], "bad value for max_steps: 'ten'; allowed: an integer"),
         (
             ["--mixed_precision", "fp8"],
-            "bad value for mixed_precision: 'fp8'; allowed: one of 'no', 'fp16', 'bf16'",
+            "bad value for mixed_precision: 'fp8'; allowed: one of 'no', 'fp16', 'bf16' or null",
         ),
         (["--data.random_flip", "maybe"], "bad value for data.random_flip: 'maybe'; allowed: true or false"),
         (["--batch_size", "0"], "batch_size must be at least 1, got 0"),

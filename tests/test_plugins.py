@@ -230,7 +230,7 @@ def test_bad_betas_blame_the_plugin_unless_the_config_set_the_range(register_plu
         DDPMHubScheduler(beta_schedule="too-steep")
     with pytest.raises(
         PluginError,
-        match=r"its schedule 'late' gives bad betas for num_train_timesteps=512 \(beta_start and beta_end unset, so "
+        match=r"its schedule 'late' gives bad betas for num_train_timesteps=512 \(beta_start=None, beta_end=None, so "
         r"this is the plugin's fault, not the config's\)",
     ):
         DDPMHubScheduler(beta_schedule="late")
@@ -512,8 +512,8 @@ def test_check_backbone_runs_a_forward_and_names_the_plugin(register_plugin):
     with pytest.raises(
         PluginError,
         match=r"^the ddpm-hub plugin 'tensor-plugin': its backbone 'tensor-only' breaks the backbone contract: "
-        r"forward on a \(2, 1, 8, 8\) sample with timestep \[0, 49\] failed: TypeError: the backbone TensorOnly "
-        "returned Tensor",
+        r"forward on a \(2, 1, 8, 8\) sample with timestep \[0, 49\] failed: TypeError: TensorOnly returned "
+        "Tensor; a backbone must return an object with a .sample tensor",
     ):
         plugins.check_backbone(TensorOnly(), 50)
     (problem,) = {p["name"]: p for p in plugins.plugin_info()}["tensor-plugin"]["problems"]

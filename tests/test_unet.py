@@ -135,3 +135,21 @@ def test_small_unet_overfits_one_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 10, f"loss went from {losses[0]:.4f} to {losses[-1]:.4f}"
+
+
+def test_every_gradient_has_its_parameters_layout():
+    """DDP copies a gradient whose strides differ from its parameter's into its bucket on every step, with the
+    warning "Grad strides do not match bucket view strides". At batch 64 SDPA's output layout used to make the
+    attention projection's input channels-last, and proj.weight's gradient came back channels-last."""
+    from ddpm_hub.config import MNIST_MODEL
+
+    torch.manual_seed(0)
+    model = UNet(
+        sample_size=28,
+        in_channels=1,
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in MNIST_MODEL.items()},
+    )
+    x, t = torch.randn(64, 1, 28, 28), torch.randint(0, 512, (64,))
+    names, params = zip(*model.named_parameters(), strict=True)
+    grads = torch.autograd.grad(model(x, t).sample.square().mean(), params)
+    assert [n for n, p, g in zip(names, params, grads, strict=True) if g.stride() != p.stride()] == []

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import gzip
 
+import datasets
 import numpy as np
+from PIL import Image
 
 
 def build(csv_gz: str, out: str, seed: int = 0) -> None:
-    import datasets
-    from PIL import Image
-
     with gzip.open(csv_gz, "rt") as f:
         rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
     if rows.shape != (5000, 785):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers import UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
@@ -95,7 +96,10 @@ class AttnBlock(nn.Module):
         qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, H*W, C/heads)
         h = F.scaled_dot_product_attention(q, k, v)
-        h = h.transpose(-1, -2).reshape(B, C, H, W)
+        # contiguous: SDPA's output layout makes this reshape a channels-last view, and a 1x1 conv on it
+        # returns proj.weight's gradient with channels-last strides, which DDP copies into its bucket
+        # every step ("Grad strides do not match bucket view strides")
+        h = h.transpose(-1, -2).reshape(B, C, H, W).contiguous()
         return x + self.proj(h)
 
 
@@ -295,8 +299,6 @@ class UNet(ModelMixin, ConfigMixin):
 
 @hookimpl
 def register_backbones(register):
-    from diffusers import UNet2DModel
-
     register("unet", UNet)
     # diffusers' own UNet is a valid backbone too (it is how official checkpoints such as
     # google/ddpm-cifar10-32 load); its config keys are UNet2DModel's.

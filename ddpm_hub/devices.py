@@ -1,0 +1,68 @@
+"""Where sampling runs: the best available accelerator, or the one the user names.
+
+``ddpm-hub sample``/``eval`` (``--device``), the Space and the final samples of a run call
+:func:`select_device`; training samples on ``accelerator.device`` instead. ``auto`` takes CUDA (or ROCm, which
+torch also calls ``cuda``), then Intel XPU, then Apple MPS, then the CPU.
+
+Precision: sampling keeps the model in float32 on every device. The reverse chain predicts x_0 from the
+noise estimate, amplified about 160 times at high t with the default schedule (see DESIGN.md, "Samplers and
+the schedule's end"), so a half-precision model's rounding reaches the image; only TF32 matmuls (float32's
+range, a 10-bit mantissa inside matrix products) are allowed, on CUDA, by :func:`allow_fast_float32`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps", "xpu")
+
+
+def _is_available(kind: str) -> bool:
+    if kind == "cpu":
+        return True
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    if kind == "xpu":
+        return hasattr(torch, "xpu") and torch.xpu.is_available()
+    if kind == "mps":
+        return torch.backends.mps.is_available()
+    return False
+
+
+def available_devices() -> list[str]:
+    """The device kinds of :data:`DEVICE_CHOICES` usable here, best first (always ends with ``cpu``)."""
+    return [kind for kind in ("cuda", "xpu", "mps", "cpu") if _is_available(kind)]
+
+
+def select_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The device to sample on: ``auto``/None -> the best available; ``cpu``, ``cuda``, ``cuda:1``, ``mps``,
+    ``xpu`` -> that one, or ValueError naming what is available when it is not."""
+    if device is None or device == "auto":
+        return torch.device(available_devices()[0])
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)} (or cuda:N)"
+        ) from None
+    if dev.type not in DEVICE_CHOICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)} (or cuda:N)")
+    if not _is_available(dev.type):
+        raise ValueError(
+            f"device {device!r} is not available here (available: {', '.join(available_devices())}); "
+            "use auto to take the best one"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def allow_fast_float32(device: torch.device) -> None:
+    """On CUDA, let float32 matmuls and convolutions use TF32 (float32 range, faster on Ampere and later).
+
+    A process-wide setting: the command line (``ddpm-hub sample``/``eval``) and the Space call it, the library
+    does not.
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
