@@ -48,7 +48,16 @@ def test_api_names_are_stable(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(endpoints) == {"/generate", "/schedule", "/forward_process"}
     params = [p["parameter_name"] for p in endpoints["/generate"]["parameters"]]
-    assert params == ["model", "revision", "sampler", "steps", "num_images", "seed"]
+    assert params == [
+        "model",
+        "revision",
+        "sampler",
+        "steps",
+        "num_images",
+        "seed",
+        "digit",
+        "guidance_scale",
+    ]
 
 
 def test_generate_returns_the_requested_images_and_trajectory(client):
