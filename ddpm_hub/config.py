@@ -219,7 +219,7 @@ class TrainConfig:
     num_sample_images: int = 16
     #: the sampler and steps of the grids made during training (null steps: the sampler's default)
     sample_sampler: str = "sde-dpm-solver++"
-    sample_inference_steps: int | None = 20
+    sample_inference_steps: int | None = None
     #: the sampler and steps of the final samples.png (ddpm with null steps: the seed's full reverse chain)
     final_sampler: str = "ddpm"
     final_inference_steps: int | None = None

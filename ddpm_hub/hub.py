@@ -5,22 +5,25 @@ Everything goes through ``huggingface_hub`` (``create_repo``, ``upload_folder``)
 the file-list check, the download and their errors) is the core's: ``ddpm_hub.loading``.
 
 What a push uploads: the pipeline folder's ``model_index.json``, component configs and ``.safetensors``
-weights, the model card (``README.md``), the sample grid (``samples.png``) and the loss curve
-(``loss.png``). Never checkpoints, optimizer state, TensorBoard logs, intermediate sample grids or pickle
-files: only files matching :data:`PUSH_PATTERNS` are staged.
+weights, the ``.py`` files it carries for diffusers' ``trust_remote_code``, the model card (``README.md``),
+the sample grid (``samples.png``) and the loss curve (``loss.png``). Never checkpoints, optimizer state,
+TensorBoard logs, intermediate sample grids or pickle files: only files matching :data:`PUSH_PATTERNS` are
+staged.
 
 Model card metadata. ``library_name: diffusers``: the repo *is* a diffusers pipeline folder
 (model_index.json + component folders + safetensors), and ``diffusers`` is a library the Hub knows: it
 lists the model under the diffusers library filter and counts its downloads with diffusers' own query
 (huggingface.js model-libraries.ts), whereas an unknown library name (such as ``ddpm-hub``) gets the
 default query, a root ``config.json``, which a pipeline repo does not have (Hub docs, "Models Download
-Stats"). The ``ddpm-hub`` tag marks it as ours, and the
-card's snippet loads it with :func:`ddpm_hub.load_pipeline` (diffusers' ``DiffusionPipeline`` cannot
-resolve the ``DDPMHubPipeline`` class by itself).
+Stats"). The ``ddpm-hub`` tag marks it as ours. The card shows two snippets: :func:`ddpm_hub.load_pipeline`
+(safetensors only, no repo code), and diffusers' ``DiffusionPipeline.from_pretrained(repo,
+trust_remote_code=True)``, which runs the pipeline code the folder carries (``ddpm_hub.remote_code``); the card
+says what that permission means.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
@@ -29,7 +32,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, ModelCard, ModelCardData, constants, get_token
+from huggingface_hub import HfApi, ModelCard, ModelCardData, SpaceCard, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import safe_open
@@ -38,7 +41,7 @@ from . import __version__
 from .conditioning import DEFAULT_GUIDANCE_SCALE
 from .datasets import BUILTIN_DATASET_SOURCES
 from .loading import HubLoadError as HubLoadError  # re-exported: it lived here before ddpm_hub.loading
-from .loading import check_pipeline_folder, pipeline_folder
+from .loading import _transport_errors, check_pipeline_folder, is_repo_id, pipeline_folder
 from .samplers import resolve_steps
 from .scheduler import PREDICTION_TYPES
 
@@ -49,6 +52,7 @@ PUSH_PATTERNS = (
     "*/*_config.json",
     "*/*.safetensors",
     "*/*.safetensors.index.json",
+    "*.py",  # the code stock diffusers runs with trust_remote_code (ddpm_hub.remote_code); never load_pipeline
     "README.md",
     "*.png",
 )
@@ -57,6 +61,26 @@ RUN_IMAGES = ("samples.png", "loss.png")
 #: the repo id in a card written before the repo is known; push() fills in the real one
 CARD_PLACEHOLDER = "NS/NAME"
 CARD_TAGS = ["ddpm", "ddpm-hub", "diffusers", "unconditional-image-generation"]
+#: the license of a card that ddpm-hub writes when none is given
+DEFAULT_LICENSE = "apache-2.0"
+#: the ``license:`` ids the Hub accepts in a card (https://huggingface.co/docs/hub/repositories-licenses);
+#: a push checks the card against this list offline, then against the Hub's own card validator
+# fmt: off
+HUB_LICENSES = frozenset([
+    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",
+    "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause",
+    "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0",
+    "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0",
+    "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0",
+    "cdla-sharing-1.0", "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0",
+    "etalab-2.0", "eupl-1.1", "eupl-1.2", "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1",
+    "lgpl-3.0", "isc", "h-research", "intel-research", "lppl-1.3c", "ms-pl", "apple-ascl", "apple-amlr",
+    "mpl-2.0", "odc-by", "odbl", "openmdw-1.0", "openrail++", "osl-3.0", "postgresql", "ofl-1.1", "ncsa",
+    "unlicense", "zlib", "pddl", "lgpl-lr", "deepfloyd-if-license", "fair-noncommercial-research-license",
+    "llama2", "llama3", "llama3.1", "llama3.2", "llama3.3", "llama4", "grok2-community", "gemma", "unknown",
+    "other",
+])
+# fmt: on
 
 
 class HubPushError(OSError):
@@ -159,12 +183,25 @@ def _requirements(index: dict[str, Any], info: dict[str, Any] | None) -> list[tu
     return list(reqs.items())
 
 
+def check_license(license: Any) -> None:
+    """ValueError unless ``license`` is a license id the Hub accepts (:data:`HUB_LICENSES`)."""
+    if isinstance(license, str) and license in HUB_LICENSES:
+        return
+    close = difflib.get_close_matches(str(license).lower(), sorted(HUB_LICENSES), n=3)
+    raise ValueError(
+        f"{license!r} is not a license id the Hub accepts"
+        + (f" (did you mean {' or '.join(close)}?)" if close else "")
+        + ": use an id from https://huggingface.co/docs/hub/repositories-licenses such as apache-2.0 or mit, or "
+        "'other' with the license text in a LICENSE file"
+    )
+
+
 def write_model_card(
     pipeline_dir: str | Path,
     info: dict[str, Any] | None,
     *,
     repo_id: str | None = None,
-    license: str = "apache-2.0",
+    license: str = DEFAULT_LICENSE,
     samples: str | Path | None = None,
     loss_curve: str | Path | None = None,
 ) -> Path:
@@ -179,6 +216,7 @@ def write_model_card(
         samples, loss_curve: PNGs to show; default ``samples.png`` / ``loss.png`` beside the pipeline
             folder (the run folder). They are copied into the pipeline folder, next to the card.
     """
+    check_license(license)
     pipeline_dir = Path(pipeline_dir)
     index = check_pipeline_folder(pipeline_dir)
     info = dict(info or {})
@@ -248,16 +286,25 @@ def write_model_card(
         ]
     if "samples.png" in images:
         lines += ["![Samples from this model](samples.png)", ""]
+    plugins = [(dist, ver) for dist, ver in reqs if dist != "ddpm-hub"]
+    remote_code = sorted(
+        p.relative_to(pipeline_dir).as_posix() for p in pipeline_dir.rglob("*.py") if p.is_file()
+    )
     lines += [
         "## Use it",
         "",
+        "With [ddpm-hub](https://github.com/ddpm-hub/ddpm-hub), which downloads the configs and safetensors "
+        "weights only and never runs code from the repo. ddpm-hub is not on PyPI: install it from a clone of its "
+        "source repository" + (", then the plugin(s) this model needs" if plugins else "") + ":",
+        "",
         "```bash",
-        "pip install "
-        + " ".join(f"'{dist}>={ver}'" if ver and "unknown" not in ver else dist for dist, ver in reqs),
+        "pip install ./ddpm-hub   # the folder of a ddpm-hub source checkout",
+        *(
+            f"pip install '{dist}>={ver}'" if ver and "unknown" not in ver else f"pip install {dist}"
+            for dist, ver in plugins
+        ),
         "```",
         "",
-    ]
-    lines += [
         "```python",
         "import torch",
         "from ddpm_hub import load_pipeline",
@@ -267,7 +314,7 @@ def write_model_card(
         f'# fewer steps: pipe(batch_size=16, sampler="ddim", num_inference_steps={steps("ddim")})',
         *(
             [
-                f"images = pipe(batch_size=16, class_labels={class_names[-1]!r}, guidance_scale={DEFAULT_GUIDANCE_SCALE}).images"
+                f"images = pipe(batch_size=16, class_labels={json.dumps(class_names[-1])}, guidance_scale={DEFAULT_GUIDANCE_SCALE}).images"
             ]
             if class_names
             else []
@@ -278,12 +325,36 @@ def write_model_card(
         + (f" --class {class_names[-1]}" if class_names else "")
         + "`.",
         "",
+    ]
+    if isinstance(index.get("_class_name"), list) and remote_code:
+        lines += [
+            "With diffusers alone, no ddpm-hub installed:",
+            "",
+            "```python",
+            "import torch",
+            "from diffusers import DiffusionPipeline",
+            "",
+            f'pipe = DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)',
+            "images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0)).images",
+            "```",
+            "",
+            "`trust_remote_code=True` lets diffusers import and run the Python files that this repo carries ("
+            + ", ".join(f"`{f}`" for f in remote_code)
+            + ": the pipeline, backbone and scheduler code, generated by ddpm-hub from its own sources) on your "
+            "machine, with your permissions. Read them first, and pin `revision=` to the commit you read, since a "
+            "later commit can change them. Without it diffusers refuses to load the repo; ddpm-hub's "
+            "`load_pipeline` needs no such permission because it never runs them. The same seed gives the same "
+            "images either way.",
+            "",
+        ]
+    lines += [
         "The repo is a diffusers pipeline folder (`model_index.json`, `unet/`, `scheduler/`, safetensors "
         "weights); `load_pipeline` downloads only safetensors, json, md and png files.",
         "",
         "## Sampling",
         "",
-        f"- default sampler: `ddpm`, ancestral sampling with the posterior variance over all {T} steps",
+        f"- default sampler: `ddpm`, ancestral sampling with the posterior variance over all {T} steps, x0 "
+        "clipped to [-1, 1] at each step (`ddpm-seed`: the seed's exact loop, unclipped)",
         f"- faster: `sde-dpm-solver++` ({steps('sde-dpm-solver++')} steps, stochastic like the seed's loop, x0 "
         f"thresholded), `dpm-solver++` ({steps('dpm-solver++')} steps, deterministic) and `ddim` "
         f"({steps('ddim')} steps, x0 clipped to [-1, 1])",
@@ -410,18 +481,34 @@ def push(
     revision: str | None = None,
     commit_message: str | None = None,
     token: str | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
 ):
     """Push a trained pipeline (a run folder or a pipeline folder) to the Hub repo ``repo_id``.
 
     Creates the repo if needed (``private`` applies only then) and the branch ``revision`` if it does not
     exist yet (from ``main``), then uploads in one commit: the pipeline folder (configs and safetensors
     weights), the model card (the folder's ``README.md``, its ``NS/NAME`` placeholder filled in, or one
-    written now from the run's ``train_info.json``), ``samples.png`` and ``loss.png``. Stale files inside the component folders are
-    deleted, so that the repo holds exactly the pushed weights. Returns huggingface_hub's ``CommitInfo``
-    (``.oid`` is the commit sha, loadable later with ``load_pipeline(repo_id, revision=sha)``).
+    written now from the run's ``train_info.json``), ``samples.png`` and ``loss.png``. Stale files inside the
+    component folders are deleted, so that the repo holds exactly the pushed weights. ``license`` replaces the
+    card's ``license:`` (default: keep the card's; ``apache-2.0`` for a new card). Returns huggingface_hub's
+    ``CommitInfo`` (``.oid`` is the commit sha, loadable later with ``load_pipeline(repo_id, revision=sha)``).
+
+    Before anything is created on the Hub: a token must be available (checked first, without the network),
+    offline mode must be off, and the card's metadata must pass the license check and the Hub's card
+    validator; otherwise ``HubPushError`` or ``ValueError`` says what to fix.
     """
     check_push_settings(repo_id, push=False)
+    if not token and get_token() is None:
+        raise HubPushError(
+            f"pushing to {repo_id} needs a Hub token with write access and you are not logged in: log in with "
+            "`hf auth login`, set HF_TOKEN, or pass a token (--token)"
+        )
+    if constants.HF_HUB_OFFLINE:
+        raise HubPushError(
+            f"pushing to {repo_id} needs the Hub, and offline mode is on (HF_HUB_OFFLINE=1): unset HF_HUB_OFFLINE"
+        )
+    if license is not None:
+        check_license(license)
     pipeline_dir, run_dir = resolve_run(run_or_pipeline_dir)
     index = check_pipeline_folder(pipeline_dir)
 
@@ -430,15 +517,33 @@ def push(
         staging = Path(tmp) / "repo"
         staging.mkdir()
         staged = _stage(pipeline_dir, run_dir, staging)
-        card = staging / "README.md"
+        card_path = staging / "README.md"
         if "README.md" not in staged:
-            write_model_card(staging, read_train_info(run_dir), repo_id=repo_id, license=license)
-        elif CARD_PLACEHOLDER in (text := card.read_text()):
-            card.unlink()  # a hard link to the user's file: write a new one
-            card.write_text(text.replace(CARD_PLACEHOLDER, repo_id))
+            write_model_card(
+                staging, read_train_info(run_dir), repo_id=repo_id, license=license or DEFAULT_LICENSE
+            )
+        else:
+            card = ModelCard(card_path.read_text().replace(CARD_PLACEHOLDER, repo_id))
+            if license is not None:
+                card.data.license = license
+            card_path.unlink()  # a hard link to the user's file: write a new one
+            card.save(card_path)
+        card = ModelCard.load(card_path)
+        try:
+            check_license(card.data.license)
+        except ValueError as exc:
+            raise ValueError(
+                f"the model card {pipeline_dir / 'README.md'} has license: {exc}; pass --license"
+            ) from exc
         components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list)]
 
         try:
+            try:
+                card.validate()  # the Hub's own check of the card's metadata, before the repo exists
+            except ValueError as exc:
+                raise HubPushError(
+                    f"the Hub refused the model card's metadata, so nothing was pushed: {exc}"
+                ) from exc
             api.create_repo(repo_id, private=private, exist_ok=True)
             if revision is not None:
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
@@ -451,6 +556,12 @@ def push(
             )
         except HfHubHTTPError as exc:
             raise _push_error(exc, repo_id, token) from exc
+        except _transport_errors() as exc:
+            raise HubPushError(
+                f"pushing to {repo_id} failed: the Hub ({constants.ENDPOINT}) cannot be reached "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); check your connection "
+                "(and HF_ENDPOINT) and push again"
+            ) from exc
 
 
 def _push_error(exc, repo_id: str, token: str | None) -> HubPushError:
@@ -466,3 +577,114 @@ def _push_error(exc, repo_id: str, token: str | None) -> HubPushError:
             f"organization you can write to, or use a token with write access ({exc})"
         )
     return HubPushError(f"pushing to {repo_id} failed: {exc}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Deploy the Space
+# --------------------------------------------------------------------------------------------------
+
+#: the file of a deployed Space that names its default model when that is a Hub repo (read by app.py)
+SPACE_MODEL_REPO_FILE = "default-model-repo.txt"
+#: the bundled model folder of the Space (spaces/default-model)
+SPACE_DEFAULT_MODEL = "default-model"
+
+
+def _space_model_folders(space_dir: Path) -> list[Path]:
+    """The model folders bundled in a Space folder (those holding a model_index.json)."""
+    return sorted(p for p in space_dir.iterdir() if p.is_dir() and (p / "model_index.json").is_file())
+
+
+def _check_space_model(folder: Path) -> None:
+    """A bundled model must load with core ddpm-hub alone: the Space vendors ddpm_hub, not its plugins."""
+    index = check_pipeline_folder(folder)
+    plugins = sorted(
+        {
+            spec["distribution"]
+            for spec in (index.get("_ddpm_hub_requires") or {}).values()
+            if isinstance(spec, dict) and spec.get("distribution") not in (None, "ddpm-hub")
+        }
+    )
+    if plugins:
+        raise ValueError(
+            f"the model {folder} needs the plugin(s) {', '.join(plugins)}, which a deployed Space does not have "
+            "(it carries ddpm_hub only): push the model and deploy with a plain ddpm-hub model, or bundle one "
+            "that uses the core backbone and schedules"
+        )
+
+
+def stage_space(space_dir: str | Path, staging: str | Path, model: str | Path | None = None) -> list[str]:
+    """Write the files of a Space repo into ``staging``; return the Hub models its card names.
+
+    ``space_dir`` is the checkout's ``spaces/`` (app.py, README.md, requirements.txt, the bundled model
+    folders). The ``ddpm_hub`` package that is running is copied beside ``app.py``, so that the Space runs
+    from its own files (spaces/README.md says why it is vendored rather than installed from a wheel).
+    ``model``: ``None`` keeps the bundled model(s); a pipeline or run folder replaces ``default-model/``; a Hub
+    repo id becomes the default model (written to :data:`SPACE_MODEL_REPO_FILE`) and no model is bundled.
+    """
+    space_dir, staging = Path(space_dir), Path(staging)
+    if not (space_dir / "app.py").is_file():
+        raise FileNotFoundError(f"no Space at {space_dir}: it has no app.py")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+    shutil.copytree(space_dir, staging, ignore=ignore, dirs_exist_ok=True)
+    shutil.copytree(Path(__file__).resolve().parent, staging / "ddpm_hub", ignore=ignore)
+
+    card = SpaceCard.load(staging / "README.md")
+    models = list(card.data.get("models") or [])
+    if model is not None:
+        local = Path(model).expanduser()
+        if local.is_dir():
+            pipeline_dir, _ = resolve_run(local)
+            shutil.rmtree(staging / SPACE_DEFAULT_MODEL, ignore_errors=True)
+            (staging / SPACE_DEFAULT_MODEL).mkdir()
+            _stage(pipeline_dir, None, staging / SPACE_DEFAULT_MODEL)
+        elif is_repo_id(str(model)) and "/" in str(model):
+            for folder in _space_model_folders(staging):
+                if folder.name == SPACE_DEFAULT_MODEL:
+                    shutil.rmtree(folder)
+            (staging / SPACE_MODEL_REPO_FILE).write_text(f"{model}\n")
+            models.insert(0, str(model))
+        else:
+            raise ValueError(
+                f"--model {model!r} is neither a pipeline or run folder nor a Hub repo id (NAMESPACE/NAME)"
+            )
+    for folder in _space_model_folders(staging):
+        _check_space_model(folder)
+    if models:
+        card.data.models = list(dict.fromkeys(models))
+    card.save(staging / "README.md")
+    return list(dict.fromkeys(models))
+
+
+def deploy_space(
+    space_dir: str | Path,
+    repo_id: str,
+    model: str | Path | None = None,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+):
+    """Create or update the Space repo ``repo_id`` (gradio SDK) with the Space's files; return (url, commit).
+
+    One commit through huggingface_hub's ``upload_folder`` holds the files of :func:`stage_space`; files of
+    an earlier deploy that are no longer staged are deleted, so the repo is exactly what this deploy staged.
+    ``private`` applies when the Space is created. ``url`` is the Space's page on the Hub.
+    """
+    check_push_settings(repo_id, push=False)
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="ddpm-hub-space-") as tmp:
+        staging = Path(tmp) / "space"
+        stage_space(space_dir, staging, model=model)
+        try:
+            url = api.create_repo(
+                repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True
+            )
+            commit = api.upload_folder(
+                repo_id=repo_id,
+                repo_type="space",
+                folder_path=staging,
+                commit_message=commit_message or "Deploy the ddpm-hub Space",
+                delete_patterns=["*"],
+            )
+        except HfHubHTTPError as exc:
+            raise _push_error(exc, repo_id, token) from exc
+    return url, commit

@@ -5,7 +5,9 @@ server and by reading huggingface_hub's sources), so that unmodified client code
 ``create_repo``, ``create_branch``, ``upload_folder``/``create_commit`` (preupload, LFS batch + basic
 transfer, ndjson commit), ``repo_info``/``model_info``, ``list_repo_tree``, ``get_paths_info``,
 ``list_repo_refs``, ``list_repo_commits``, ``file_exists``/``repo_exists``,
-``hf_hub_download`` and ``snapshot_download`` (HEAD/GET ``resolve``), and diffusers' ``push_to_hub``.
+``hf_hub_download`` and ``snapshot_download`` (HEAD/GET ``resolve``), and diffusers' ``push_to_hub``; for
+model, dataset and Space repos (``repo_type="space"`` needs ``space_sdk``, which ``space_info`` reports;
+nothing is built or run).
 
 Storage is in memory and git-like: every commit is an immutable snapshot of the repo's files, branches
 and tags point at commits, any revision resolves by branch, tag, full commit sha or a unique sha prefix
@@ -56,6 +58,7 @@ GITATTRIBUTES = b"""*.7z filter=lfs diff=lfs merge=lfs -text
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 URL_PREFIXES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+SPACE_SDKS = ("gradio", "streamlit", "docker", "static")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
@@ -109,6 +112,7 @@ class Repo:
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
+    sdk: str | None = None  # spaces: gradio, streamlit, docker or static
 
 
 class HubError(Exception):
@@ -149,14 +153,16 @@ class HubState:
         repo.commits[sha] = Commit(sha, parent, dict(files), title, message, time.time())
         return sha
 
-    def create_repo(self, repo_type: str, repo_id: str, private: bool, url: str) -> Repo:
+    def create_repo(
+        self, repo_type: str, repo_id: str, private: bool, url: str, sdk: str | None = None
+    ) -> Repo:
         with self.lock:
             if (
                 repo_type,
                 repo_id,
             ) in self.repos:  # the Hub's 409 names the repo's url (create_repo reads it)
                 raise HubError(409, f"You already created this {repo_type} repo", url=url)
-            repo = Repo(repo_type, repo_id, private)
+            repo = Repo(repo_type, repo_id, private, sdk=sdk)
             files = {
                 ".gitattributes": Blob(
                     len(GITATTRIBUTES), git_blob_sha1(GITATTRIBUTES), content=GITATTRIBUTES
@@ -239,6 +245,7 @@ class HubHandler(BaseHTTPRequestHandler):
 
     # -- plumbing ------------------------------------------------------------------------------------
     def _body(self) -> bytes:
+        self._body_read = True
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks = []
             while True:
@@ -273,6 +280,10 @@ class HubHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(data).encode(), headers, "application/json")
 
     def _error(self, err: HubError):
+        if not getattr(self, "_body_read", True):
+            # An error answered before the request's body was read: read it now, or its bytes would be
+            # taken for the next request on this kept-alive connection (requests-based clients reuse it).
+            self._body()
         headers = {"X-Error-Message": err.message}
         if err.code:
             headers["X-Error-Code"] = err.code
@@ -306,6 +317,7 @@ class HubHandler(BaseHTTPRequestHandler):
         parts = [unquote(s) for s in raw]
         with self.hub.state.lock:
             self.hub.state.requests.append((self.command, self.path))
+        self._body_read = False
         try:
             if self.hub.state.outage is not None:
                 self._body()
@@ -406,9 +418,16 @@ class HubHandler(BaseHTTPRequestHandler):
         if org not in (user, *TEST_ORGS):
             raise HubError(403, f"You don't have the rights to create a repo under {org}")
         repo_type = payload.get("type") or "model"
+        if repo_type not in URL_PREFIXES:
+            raise HubError(400, f"invalid repo type {repo_type!r}")
+        sdk = payload.get("sdk")
+        if repo_type == "space" and sdk not in SPACE_SDKS:  # the Hub refuses a Space without its SDK
+            raise HubError(400, f"a Space needs its sdk, one of {', '.join(SPACE_SDKS)} (got {sdk!r})")
         private = payload.get("visibility", "private" if payload.get("private") else "public") != "public"
         url = f"{self.hub.url}/{URL_PREFIXES[repo_type]}{org}/{name}"
-        repo = self.hub.state.create_repo(repo_type, f"{org}/{name}", private, url)
+        repo = self.hub.state.create_repo(
+            repo_type, f"{org}/{name}", private, url, sdk=sdk if repo_type == "space" else None
+        )
         self._json(200, {"url": url, "name": repo.repo_id})
 
     def delete_repo(self):
@@ -462,6 +481,10 @@ class HubHandler(BaseHTTPRequestHandler):
             "lastModified": iso(commit.date),
             "siblings": siblings,
         }
+        if repo.repo_type == "space":  # the Space's SDK; nothing is built or run here
+            info["sdk"] = card.get("sdk") or repo.sdk
+            info["subdomain"] = repo.repo_id.replace("/", "-").replace("_", "-").lower()
+            info["runtime"] = {"stage": "NO_APP_FILE" if "app.py" not in commit.files else "BUILDING"}
         if repo.repo_type == "model":
             info["modelId"] = repo.repo_id
             info["library_name"] = card.get("library_name")

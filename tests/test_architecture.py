@@ -31,6 +31,7 @@ LAYERS = {
     "ddpm_hub.models": "core",
     "ddpm_hub.models.unet": "core",
     "ddpm_hub.pipeline": "core",
+    "ddpm_hub.remote_code": "core",
     "ddpm_hub.loading": "core",
     "ddpm_hub.images": "core",
     "ddpm_hub.devices": "core",
