@@ -268,9 +268,12 @@ def prepare_output_dir(config: TrainConfig, run_dir: Path, main: bool = True) ->
         )
     if main:
         try:
+            created = not run_dir.exists()
             run_dir.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=run_dir):
                 pass
+            if created:  # made again once the model and plugins have been checked: a failure leaves no folder
+                run_dir.rmdir()
         except OSError as exc:
             raise ConfigError(
                 f"cannot write to output_dir {run_dir} ({exc.strerror or exc}); choose a writable folder with "
