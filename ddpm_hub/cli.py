@@ -91,6 +91,10 @@ def _class_labels(pipe, classes: list[str] | None, num_images: int) -> list[int]
 def cmd_sample(args: argparse.Namespace) -> int:
     if args.num_images < 1:
         raise SystemExit(f"--num-images must be at least 1, got {args.num_images}")
+    if args.guidance_scale is not None and args.classes is None:
+        raise SystemExit(
+            "--guidance-scale needs --class (guidance steers the images towards the class asked for)"
+        )
     device = _sampling_device(args, "sample")
 
     try:
