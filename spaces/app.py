@@ -672,14 +672,22 @@ def frame_at(frames: list[Frame], step: int) -> Frame:
 def reproduce_command(run: Run, default: ModelRef) -> str:
     """A ``ddpm-hub sample`` line that makes the same grid (the Hub model pinned to the commit used)."""
     ref = run.model.ref
+    fetch = ""
     if ref.kind == "hub":
         model = ref.location
     elif Path(ref.location) in (DEFAULT_MODEL_DIR, COND_MODEL_DIR):
-        model = f"spaces/{Path(ref.location).name}"  # a bundled model, in a ddpm-hub checkout
+        bundled = Path(ref.location).name
+        space = os.environ.get("SPACE_ID")  # set by Hugging Face Spaces: the bundled model is in its repo
+        if space:
+            folder = space.split("/")[-1]
+            fetch = f"hf download {space} --repo-type space --include '{bundled}/*' --local-dir {folder} && "
+            model = f"{folder}/{bundled}"
+        else:
+            model = f"spaces/{bundled}"  # a bundled model, in a ddpm-hub checkout
     else:
         model = ref.location
     revision = run.model.commit or ref.revision
-    parts = ["ddpm-hub sample", _quote(model)]
+    parts = [fetch + "ddpm-hub sample", _quote(model)]
     if revision:
         parts += ["--revision", revision]
     parts += [

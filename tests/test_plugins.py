@@ -111,7 +111,7 @@ def test_plugin_info_reports_name_distribution_version_hooks_and_names():
     }
     everything = {p["name"]: p for p in plugins.plugin_info(include_builtins=True)}
     assert everything["ddpm_hub.samplers"]["registered"] == {
-        "samplers": ["ddim", "ddpm", "dpm-solver++", "sde-dpm-solver++"]
+        "samplers": ["ddim", "ddpm", "ddpm-seed", "dpm-solver++", "sde-dpm-solver++"]
     }
     assert everything["ddpm_hub.schedules"]["distribution"] == "ddpm-hub"
 
@@ -144,6 +144,9 @@ def test_load_plugins_env_var_hides_and_selects_plugins(tmp_path, tiny_unet):
     folder = tmp_path / "cosine-pipeline"
     scheduler = DDPMHubScheduler(num_train_timesteps=50, beta_schedule="cosine")
     DDPMHubPipeline(unet=tiny_unet, scheduler=scheduler).save_pretrained(folder)
+    # a folder saved now records the betas (trained_betas) and loads without the plugin; an older one
+    # (trained_betas null) needs the plugin that computes them
+    _edit(folder / "scheduler" / "scheduler_config.json", trained_betas=None)
     script = textwrap.dedent(f"""
         import ddpm_hub
         from ddpm_hub.cli import main
