@@ -15,7 +15,7 @@ from typing import NoReturn
 import torch
 from PIL import Image
 
-from . import __version__, evaluate
+from . import __version__, evaluate, plugins
 from .conditioning import DEFAULT_GUIDANCE_SCALE
 from .datasets import BUILTIN_DATASET
 from .devices import allow_fast_float32, select_device
@@ -45,6 +45,34 @@ def _sampling_device(args: argparse.Namespace, command: str):
     return device
 
 
+class RegisteredNames:
+    """The names in a plugin registry, read when argparse first needs them (help, or checking a value), so
+    that `ddpm-hub --help` and commands that take no such option do not load the plugins."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def _names(self) -> list[str]:
+        return sorted(getattr(plugins, f"get_{self.kind}")())
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+
+def _sampler_name(name: str) -> str:
+    """A registered sampler's name; otherwise the registry's message (unknown, or its plugin is disabled)."""
+    try:
+        plugins.get_sampler(
+            name
+        )  # a plugin's sampler is built once here, so a broken one fails before any work
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
+
+
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample an image grid from a pipeline folder, run folder or Hub repo")
     p.add_argument("model", help="a pipeline folder, a training run folder, or a Hub repo id (NS/NAME)")
@@ -52,7 +80,10 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sampler",
         default="ddpm",
-        help="a registered sampler: ddpm, sde-dpm-solver++, dpm-solver++, ddim, ...",
+        type=_sampler_name,
+        choices=RegisteredNames("samplers"),
+        metavar="NAME",
+        help="a registered sampler: %(choices)s (default: %(default)s)",
     )
     p.add_argument("--steps", type=int, default=None, help="reverse steps (default: the sampler's)")
     p.add_argument("--seed", type=int, default=0)
@@ -192,14 +223,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def _add_plugins(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "plugins", help="list the installed plugins (JSON): distribution, version, hooks, names"
+        "plugins",
+        help="list the installed plugins (JSON): distribution, version, hooks, names, and what is broken",
+        description="List the installed ddpm-hub plugins as JSON. A plugin that failed to import or register is "
+        "listed with its `error` (it is disabled; everything else works); `problems` names what fails when run "
+        "(each schedule at small T, each sampler built from a small config, each backbone built with its "
+        "defaults and run once); `warnings` names hook-like functions without @hookimpl and names two plugins "
+        "register. Exits 0 either way.",
     )
     p.add_argument("--all", action="store_true", help="include ddpm-hub's built-in plugins")
     p.set_defaults(func=cmd_plugins)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    print(json.dumps(plugin_info(include_builtins=args.all), indent=2))
+    info = plugin_info(include_builtins=args.all)
+    print(json.dumps(info, indent=2))
+    for plugin in info:  # a disabled plugin's error was already warned about when the plugins loaded
+        who = f"plugin {plugin['name']!r} (distribution {plugin['distribution']!r})"
+        for message in plugin.get("problems", []) + plugin.get("warnings", []):
+            print(f"warning: {who}: {message}", file=sys.stderr)
     return 0
 
 
@@ -356,7 +398,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sampler",
         default=None,
-        help="a registered sampler: ddpm, sde-dpm-solver++, dpm-solver++, ddim, ... (default: the model's own scheduler)",
+        type=_sampler_name,
+        choices=RegisteredNames("samplers"),
+        metavar="NAME",
+        help="a registered sampler: %(choices)s (default: the model's own scheduler)",
     )
     p.add_argument("--steps", type=int, default=None, help="reverse steps (default: the sampler's)")
     p.add_argument("--seed", type=int, default=0)
@@ -468,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    plugins.one_line_warnings()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if getattr(args, "passthrough", False):  # `ddpm-hub train --max_steps 10 ...`: the trainer parses its own

@@ -21,7 +21,6 @@ import contextlib
 import importlib
 import importlib.metadata
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,13 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import SafetensorError, safe_open
 
 from .pipeline import DDPMHubPipeline
-from .plugins import MissingPluginError, _normalize, allowed_plugins, get_schedules, load_plugins
+from .plugins import (
+    MissingPluginError,
+    distribution_of,
+    get_schedules,
+    load_plugins,
+    unavailable_reason,
+)
 
 #: files that a pull downloads (snapshot_download allow_patterns)
 PULL_PATTERNS = ["*.safetensors", "*.json", "*.md", "*.png"]
@@ -162,12 +167,9 @@ def _missing_plugin_message(what: str, requirement: dict[str, Any], fallback: st
     except importlib.metadata.PackageNotFoundError:
         pin = f"=={version}" if version else ""
         return f"{what} is provided by the distribution {dist!r}{saved}, which is not installed: pip install {dist}{pin}"
-    allowed = allowed_plugins()
-    if allowed is not None and _normalize(dist) not in allowed:
-        return (
-            f"{what} is provided by the distribution {dist!r}{saved}, which is installed but not loaded because "
-            f"DDPM_HUB_LOAD_PLUGINS={os.environ['DDPM_HUB_LOAD_PLUGINS']!r} leaves it out: add {dist} to it"
-        )
+    reason = unavailable_reason(dist)  # left out by DDPM_HUB_LOAD_PLUGINS, or disabled
+    if reason:
+        return f"{what} is provided by the distribution {dist!r}{saved}, which is installed but {reason}"
     return (
         f"{what} is provided by the distribution {dist!r}{saved}, which is installed but does not provide it; "
         f"upgrade it: pip install -U {dist}"
@@ -209,6 +211,10 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
                 f"this checkpoint's {name} is {library}.{class_name}, but the installed {library} has no "
                 f"{class_name}; upgrade it"
             )
+        # importable is not enough: a plugin that DDPM_HUB_LOAD_PLUGINS leaves out, or a disabled one, is not used
+        dist = requires.get(name, {}).get("distribution") or (distribution_of(module) or (None,))[0]
+        if dist and unavailable_reason(dist):
+            raise MissingPluginError(_missing_plugin_message(what, requires.get(name, {}), dist))
         component = folder / name
         if not component.is_dir():
             raise FileNotFoundError(f"incomplete pipeline folder {folder}: the {name}/ folder is missing")

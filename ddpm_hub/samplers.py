@@ -27,7 +27,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .hookspecs import hookimpl
-from .plugins import get_sampler, provider
+from .plugins import Entry, PluginError, get_sampler, provider, set_smoke_check
 from .scheduler import DDPMHubScheduler
 
 #: beta_schedule names that diffusers' schedulers compute themselves
@@ -113,11 +113,56 @@ def sde_dpm_solver_pp(config: dict[str, Any], betas: torch.Tensor) -> SchedulerM
     )
 
 
+#: the T of the ddpm-hub config a plugin's sampler is first built from
+SMOKE_TIMESTEPS = 100
+
+
+def check_sampler_factory(entry: Entry) -> None:
+    """The first-use check of a plugin's sampler (``ddpm_hub.plugins.smoke_check``): build it from a small
+    ddpm-hub config (T=100), set its default steps and take one step; :class:`PluginError` naming the plugin
+    if any of it fails."""
+    T = SMOKE_TIMESTEPS
+    training = DDPMHubScheduler(num_train_timesteps=T)
+    rule = f"building it from a ddpm-hub scheduler config (T={T}) and taking one step"
+    try:
+        sampler = entry.obj({**training.config, "_class_name": "DDPMHubScheduler"}, training.betas.clone())
+        steps = min(max(entry.default_steps or 10, entry.min_steps), T)
+        sampler.set_timesteps(steps)
+        timesteps = sampler.timesteps
+        sample = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+        model_input = sampler.scale_model_input(sample, timesteps[0])
+        prev = sampler.step(torch.zeros_like(sample), timesteps[0], sample).prev_sample
+    except Exception as exc:
+        raise PluginError(
+            f"{entry.who()}: its sampler {entry.name!r} fails {rule}: {' '.join(f'{type(exc).__name__}: {exc}'.split())}"
+        ) from exc
+    if not len(timesteps):
+        raise PluginError(f"{entry.who()}: its sampler {entry.name!r} set no timesteps for {steps} steps")
+    for what, value in (("scale_model_input", model_input), ("step(...).prev_sample", prev)):
+        if not isinstance(value, torch.Tensor) or value.shape != sample.shape:
+            raise PluginError(
+                f"{entry.who()}: its sampler's {what} gave {type(value).__name__} "
+                f"{tuple(getattr(value, 'shape', ()))} for a {tuple(sample.shape)} sample"
+            )
+
+
+set_smoke_check("samplers", check_sampler_factory)
+
+
 def make_sampler(name: str, scheduler: SchedulerMixin) -> SchedulerMixin:
     """Build the sampler ``name`` with the same betas as ``scheduler`` (a training scheduler)."""
-    factory = get_sampler(name)
+    entry = provider("samplers", name)
+    factory = get_sampler(name)  # a plugin's is checked on its first use
     betas = torch.as_tensor(scheduler.betas, dtype=torch.float64)
-    return factory({**scheduler.config, "_class_name": type(scheduler).__name__}, betas)
+    try:
+        return factory({**scheduler.config, "_class_name": type(scheduler).__name__}, betas)
+    except Exception as exc:
+        if entry.builtin:
+            raise
+        raise PluginError(
+            f"{entry.who()}: its sampler {name!r} fails to build from this model's scheduler config: "
+            + " ".join(f"{type(exc).__name__}: {exc}".split())
+        ) from exc
 
 
 def resolve_steps(name: str, steps: Any, num_train_timesteps: int) -> int:

@@ -28,8 +28,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .plugins import get_schedule
-from .schedules import DEFAULT_NUM_TRAIN_TIMESTEPS, check_betas, default_beta_range
+from .schedules import DEFAULT_NUM_TRAIN_TIMESTEPS, check_betas, default_beta_range, schedule_betas
 
 Tensor = torch.Tensor
 
@@ -200,15 +199,8 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
                 beta_start = default_start if beta_start is None else beta_start
                 beta_end = default_end if beta_end is None else beta_end
                 self.register_to_config(beta_start=beta_start, beta_end=beta_end)
-            schedule = get_schedule(beta_schedule)
-            betas = check_betas(
-                schedule(num_train_timesteps, beta_start=beta_start, beta_end=beta_end), beta_schedule
-            )
-            if betas.numel() != num_train_timesteps:
-                raise ValueError(
-                    f"schedule {beta_schedule!r} returned {betas.numel()} betas for num_train_timesteps="
-                    f"{num_train_timesteps}"
-                )
+            # checked there; bad betas from a plugin's schedule name the plugin, not this config
+            betas = schedule_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
             if beta_schedule != "linear":  # diffusers cannot compute it: other schedulers read the betas
                 self.register_to_config(trained_betas=betas.tolist())
 

@@ -24,6 +24,7 @@ import math
 import torch
 
 from .hookspecs import hookimpl
+from .plugins import PluginError, provider, smoke_check
 
 #: T, the number of diffusion steps, when none is given (the seed's ``n_steps = 512``); the scheduler, the
 #: training config and the schedules take their default from here
@@ -103,3 +104,33 @@ def check_betas(betas: torch.Tensor, name: str) -> torch.Tensor:
 @hookimpl
 def register_schedules(register):
     register("linear", linear)
+
+
+def schedule_betas(
+    name: str, num_train_timesteps: int, beta_start: float | None, beta_end: float | None
+) -> torch.Tensor:
+    """The betas of the registered schedule ``name`` for T steps, checked with :func:`check_betas`.
+
+    A plugin's schedule is first run at small T (``ddpm_hub.plugins.smoke_check``). Bad betas from a plugin's
+    schedule with ``beta_start``/``beta_end`` unset are the plugin's fault: the error names the plugin and its
+    distribution, not the user's config; with a range the config set, the config is named.
+    """
+    entry = provider("schedules", name)
+    smoke_check("schedules", entry)
+    range_set = beta_start is not None or beta_end is not None
+    try:
+        betas = check_betas(entry.obj(num_train_timesteps, beta_start=beta_start, beta_end=beta_end), name)
+    except Exception as exc:
+        if entry.builtin or (range_set and isinstance(exc, ValueError)):
+            raise
+        detail = " ".join(str(exc).split(": check beta_start and beta_end")[0].split())
+        raise PluginError(
+            f"{entry.who()}: its schedule {name!r} gives bad betas for num_train_timesteps={num_train_timesteps} "
+            f"(beta_start={beta_start}, beta_end={beta_end}, so this is the plugin's fault, not the config's): "
+            f"{type(exc).__name__}: {detail}"
+        ) from exc
+    if betas.numel() != num_train_timesteps:
+        raise ValueError(
+            f"schedule {name!r} returned {betas.numel()} betas for num_train_timesteps={num_train_timesteps}"
+        )
+    return betas
