@@ -85,7 +85,7 @@ from .data import DataError, ShardedBatchSampler, load_images, random_flip
 from .hub import HubPushError, push, write_model_card
 from .images import make_grid
 from .pipeline import DDPMHubPipeline, pipeline_requirements
-from .plugins import get_backbone
+from .plugins import PluginError, check_backbone, get_sampler, one_line_warnings, provider
 from .samplers import resolve_steps
 from .scheduler import DDPMHubScheduler
 
@@ -354,11 +354,15 @@ def build_model(
     """The backbone ``config.backbone`` from the registry, sized to the data unless the config says otherwise;
     class-conditional with ``num_classes`` classes when given (labelled data)."""
     try:
-        cls = get_backbone(config.backbone)
+        entry = provider("backbones", config.backbone)
     except ValueError as exc:
         raise ConfigError(f"bad value for backbone: {exc}") from exc
+    cls = entry.obj
     kwargs = dict(config.model)
-    _check_kwargs("model", cls, kwargs)
+    try:
+        _check_kwargs("model", cls, kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}. {_model_hint(config.backbone, cls)}") from None
     if num_classes is not None:
         try:
             check_backbone_supports(cls, config.backbone)
@@ -400,16 +404,36 @@ def build_model(
             kwargs[key] = tuple(kwargs[key])
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:
+        if entry.builtin and not isinstance(exc, (TypeError, ValueError)):
+            raise
+        by = "" if entry.builtin else f" ({entry.who()})"
         raise ConfigError(
-            f"cannot build backbone {config.backbone!r} from model={config.model}: {exc}"
+            f"cannot build backbone {config.backbone!r}{by} from model={config.model}: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _model_hint(backbone: str, cls: type) -> str:
+    """How ``model`` works when the backbone changes, with the backbone's own keys as the example."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    own = [p for p in params if p.name not in ("self", "sample_size", "in_channels", "out_channels")]
+    example = ", ".join(
+        f"{p.name}: {p.default!r}" for p in own[:2] if p.default is not inspect.Parameter.empty
+    )
+    example = example or "KEY: VALUE"
+    return (
+        f"`model` holds the constructor arguments of backbone {backbone!r} ({cls.__name__}) and is replaced as a whole "
+        f"for another backbone: --backbone {backbone} alone starts from {cls.__name__}'s defaults, --model.KEY VALUE "
+        f"changes one of them, --model '{{{example}}}' replaces the mapping (in a YAML file: model: next to backbone:)"
+    )
 
 
 def build_scheduler(config: TrainConfig):
     _check_kwargs("scheduler", DDPMHubScheduler, config.scheduler)
     try:
         return DDPMHubScheduler(**config.scheduler)
+    except PluginError as exc:  # the plugin's fault, not the config's
+        raise ConfigError(str(exc)) from exc
     except ValueError as exc:
         raise ConfigError(f"bad scheduler config {config.scheduler}: {exc}") from exc
 
@@ -427,6 +451,34 @@ def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(params, foreach=True, **kwargs)
+
+
+def format_count(n: int) -> str:
+    """A parameter count as people write it: 812, 12.3k, 0.69M, 35.7M."""
+    if n < 1_000:
+        return str(n)
+    if n < 100_000:
+        return f"{n / 1e3:.1f}k"
+    if n < 10_000_000:
+        return f"{n / 1e6:.2f}M"
+    return f"{n / 1e6:.1f}M"
+
+
+def _check_plugins_before_the_run_folder(config: TrainConfig, model: torch.nn.Module, T: int) -> None:
+    """Run the backbone once and build the samplers the run will use, so that a broken plugin (or a model
+    config its backbone cannot run) fails with one line before anything is written."""
+    try:
+        check_backbone(model, T)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    used = [("final_sampler", config.final_sampler)]
+    if config.sample_steps:
+        used.append(("sample_sampler", config.sample_sampler))
+    for key, name in used:
+        try:
+            get_sampler(name)
+        except ValueError as exc:
+            raise ConfigError(f"bad value for {key}: {exc}") from exc
 
 
 def hardware(accelerator) -> str:
@@ -588,9 +640,12 @@ def _prepare_output_dir(config: TrainConfig, run_dir: Path, main: bool = True) -
         )
     if main:
         try:
+            created = not run_dir.exists()
             run_dir.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=run_dir):
                 pass
+            if created:  # made again once the model and plugins have been checked: a failure leaves no folder
+                run_dir.rmdir()
         except OSError as exc:
             raise ConfigError(
                 f"cannot write to output_dir {run_dir} ({exc.strerror or exc}); choose a writable folder with "
@@ -771,6 +826,7 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
         data = load_images(config.data, dataset)
     num_classes = None if data.class_names is None else len(data.class_names)
     model = build_model(config, data.channels, data.image_size, num_classes)
+    _check_plugins_before_the_run_folder(config, model, T)
     num_parameters = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(config, model.parameters())
     # diffusers' "constant" ignores warmup; "constant_with_warmup" is the same schedule with it
@@ -835,7 +891,7 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
     accelerator.print(
         f"ddpm-hub {__version__}: {data.num_images} images ({data.source}, {data.channels}x{data.image_size}x"
         f"{data.image_size}{', pre-decoded' if data.images is not None else ''}), backbone {config.backbone} "
-        f"({num_parameters / 1e6:.2f}M parameters), T={T} {scheduler.config.beta_schedule}\n"
+        f"({format_count(num_parameters)} parameters), T={T} {scheduler.config.beta_schedule}\n"
         f"{hardware(accelerator)}, {precision_note}\nglobal batch {global_batch} "
         f"({config.batch_size} x {accelerator.num_processes} process(es) x {config.gradient_accumulation_steps} "
         f"accumulation), steps {state.step} -> {config.max_steps}\nwriting to {run_dir}"
@@ -1134,12 +1190,13 @@ def _finish(
     }
     (run_dir / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
     write_model_card(run_dir / "pipeline", info, repo_id=config.hub_repo_id)
+    tensorboard = any(t.name == "tensorboard" for t in accelerator.trackers)
     print(
         f"done: {state.step} steps in {state.wall_time_s:.0f} s, final loss {final_loss:.4f}\n"
         f"  pipeline  {run_dir / 'pipeline'}   (ddpm_hub.load_pipeline({str(run_dir)!r}))\n"
         f"  samples   {run_dir / 'samples.png'}   loss curve {run_dir / 'loss.png'}\n"
-        f"  more:     ddpm-hub sample {run_dir} --num-images 16 --out grid.png\n"
-        f"  logs:     tensorboard --logdir {run_dir / 'logs'}",
+        f"  more:     ddpm-hub sample {run_dir} --num-images 16 --out grid.png"
+        + (f"\n  logs:     tensorboard --logdir {run_dir / 'logs'}" if tensorboard else ""),
         flush=True,
     )
 
@@ -1151,12 +1208,15 @@ Train a DDPM. Without --config: the built-in default (configs/mnist.yaml: MNIST-
 Nested keys use dots (--model.base_channels 64, --data.dataset ./my-images); values are YAML
 (64, 2e-4, true, [1, 2, 2], null). --resume latest continues the run in output_dir from its own
 config.yaml; only max_steps and the logging, sample, checkpoint, push and data.num_workers keys may change.
+`model` is the backbone's constructor arguments: --backbone dit (another backbone than the file's)
+starts from that backbone's own defaults, --model.KEY VALUE changes one, --model '{...}' replaces all.
 
 keys:
 """
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    one_line_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE + describe())
@@ -1181,7 +1241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, HubPushError) as exc:
+    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, HubPushError, PluginError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

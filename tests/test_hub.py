@@ -249,12 +249,12 @@ def test_push_errors_say_what_to_do(hub_server, run_dir, monkeypatch, capsys):
         HubPushError, match="needs a Hub token with write access and the Hub rejected your token"
     ):
         push(run_dir, f"{hub_server.user}/model", token="hf_wrong")
-    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(SystemExit, match="ddpm-hub push: error: .*is not a pipeline folder"):
+        cli_main(["push", str(run_dir / "logs"), "--repo-id", f"{hub_server.user}/model"])
+    monkeypatch.delenv("HF_TOKEN")  # checked first, before the folder and the network
     with pytest.raises(HubPushError, match="you are not logged in: log in with `hf auth login`"):
         push(run_dir, f"{hub_server.user}/model")
     with pytest.raises(SystemExit, match="ddpm-hub push: error: .*you are not logged in"):
-        cli_main(["push", str(run_dir), "--repo-id", f"{hub_server.user}/model"])
-    with pytest.raises(SystemExit, match="ddpm-hub push: error: .*is not a pipeline folder"):
         cli_main(["push", str(run_dir / "logs"), "--repo-id", f"{hub_server.user}/model"])
     with pytest.raises(
         SystemExit, match="ddpm-hub sample: error: 'bad id!' is neither an existing local folder"

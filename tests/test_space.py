@@ -48,7 +48,16 @@ def test_api_names_are_stable(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(endpoints) == {"/generate", "/schedule", "/forward_process"}
     params = [p["parameter_name"] for p in endpoints["/generate"]["parameters"]]
-    assert params == ["model", "revision", "sampler", "steps", "num_images", "seed"]
+    assert params == [
+        "model",
+        "revision",
+        "sampler",
+        "steps",
+        "num_images",
+        "seed",
+        "digit",
+        "guidance_scale",
+    ]
 
 
 def test_generate_returns_the_requested_images_and_trajectory(client):
@@ -313,7 +322,7 @@ def _new_repo(hub, api, name: str) -> str:
     return repo_id
 
 
-def test_a_new_push_to_main_is_served_without_a_restart(hub_server, client, space_app, tmp_path):
+def test_a_new_push_to_main_is_served_without_a_restart(hub_server, client, space_app, tmp_path, monkeypatch):
     from huggingface_hub import HfApi
     from safetensors.torch import load_file, save_file
 
@@ -340,6 +349,13 @@ def test_a_new_push_to_main_is_served_without_a_restart(hub_server, client, spac
     assert space_app.PIPELINES.loads == loads  # cached by commit: not loaded again
     _generate(client, model=repo_id)
     assert space_app.PIPELINES.loads == loads  # main is still at the second commit: cached too
+
+    # the Hub out of reach: the commit main pointed at last is still served
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    grid_4, _, _, summary = _generate(client, model=repo_id)
+    assert f"commit {second.oid[:8]}" in summary and np.array_equal(_pixels(grid_2), _pixels(grid_4))
 
 
 def test_a_repo_that_is_not_a_pipeline_is_refused_from_its_file_list(hub_server, client):
@@ -396,7 +412,28 @@ def test_generation_streams_frames_before_the_run(space_app):
     assert len(kept) == space_app.MAX_FRAMES and kept[0] == 0 and kept[-1] == 511
 
 
-def test_the_reproduce_line_makes_the_same_grid(space_app, tmp_path):
+def test_a_fast_run_still_streams_several_pictures(space_app):
+    """However far the page lags behind the sampler, one update carries at most a few steps."""
+    from types import SimpleNamespace
+
+    class InstantPipe:
+        def __call__(self, *, batch_size, num_inference_steps, callback_on_step_end, **_):
+            x = torch.zeros(batch_size, 1, 4, 4)
+            for i in range(num_inference_steps):
+                callback_on_step_end(self, i, 999 - i, {"sample": x, "pred_original_sample": x})
+            return SimpleNamespace(images=x)
+
+    stream = space_app._sample(InstantPipe(), sampler="ddim", steps=20, n=2, seed=0)
+    batches = [next(stream)]
+    time.sleep(0.5)  # the sampler is done: every frame waits in the queue
+    *rest, images = list(stream)
+    batches += rest
+    assert images.shape == (2, 1, 4, 4)
+    assert [f.step for b in batches for f in b] == list(range(1, 21))
+    assert len(batches) >= space_app.LIVE_UPDATES and max(len(b) for b in batches) <= 20 // 8
+
+
+def test_the_reproduce_line_makes_the_same_grid(space_app, tmp_path, monkeypatch):
     import shlex
 
     default = space_app.ModelRef("local", str(space_app.DEFAULT_MODEL_DIR))
@@ -405,6 +442,11 @@ def test_the_reproduce_line_makes_the_same_grid(space_app, tmp_path):
         "ddpm-hub sample spaces/default-model --sampler ddim --steps 5 --num-images 3 --seed 11 --out grid.png"
     )
     argv = shlex.split(run.command.replace("--out grid.png", f"--out {tmp_path / 'grid.png'}"))
+    monkeypatch.setenv("SPACE_ID", "someone/ddpm-space")  # deployed: the line fetches the bundled model first
+    assert space_app.reproduce_command(run, default).startswith(
+        "hf download someone/ddpm-space --repo-type space --include 'default-model/*' --local-dir ddpm-space "
+        "&& ddpm-hub sample ddpm-space/default-model --sampler ddim"
+    )
     repo = space_app.DEFAULT_MODEL_DIR.parents[1]
     subprocess.run(
         [sys.executable, "-m", "ddpm_hub.cli", *argv[1:]], cwd=repo, check=True, capture_output=True

@@ -142,8 +142,9 @@ def test_generate_streams_the_trajectory_then_the_grid(page):
     assert len(captions) >= 3, captions  # "Step 4 of 20", ...: shown while sampling
     grid = page.locator("#grid img")
     # the final grid (square: 4 x 4 digits) replaced the live view (x_t beside x_0: twice as wide)
-    assert page.evaluate("document.querySelector('#grid img').naturalWidth") == page.evaluate(
-        "document.querySelector('#grid img').naturalHeight"
+    page.wait_for_function(
+        "(() => { const img = document.querySelector('#grid img');"
+        " return img.complete && img.naturalWidth > 0 && img.naturalWidth === img.naturalHeight; })()"
     )
     assert _pixel_std(grid.screenshot(path=str(ARTIFACTS / f"space-{size}-grid.png"))) > 10
     follow = page.locator("#trajectory img")

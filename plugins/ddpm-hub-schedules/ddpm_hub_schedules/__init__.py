@@ -20,6 +20,7 @@ import math
 import torch
 
 from ddpm_hub import hookimpl
+from ddpm_hub.schedules import DEFAULT_NUM_TRAIN_TIMESTEPS
 
 __all__ = ["cosine", "cosine_alpha_bar", "sigmoid", "sigmoid_alpha_bar", "betas_from_alpha_bar"]
 __version__ = "0.1.0"
@@ -39,7 +40,7 @@ def cosine_alpha_bar(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:
 
 
 def cosine(
-    num_train_timesteps: int = 512,
+    num_train_timesteps: int = DEFAULT_NUM_TRAIN_TIMESTEPS,
     beta_start: float | None = None,
     beta_end: float | None = None,
     s: float = 0.008,
@@ -69,7 +70,7 @@ def sigmoid_alpha_bar(
 
 
 def sigmoid(
-    num_train_timesteps: int = 512,
+    num_train_timesteps: int = DEFAULT_NUM_TRAIN_TIMESTEPS,
     beta_start: float | None = None,
     beta_end: float | None = None,
     start: float = -3.0,
