@@ -180,13 +180,19 @@ def _class_labels(pipe, classes: list[str] | None, num_images: int) -> list[int]
     try:
         ids = pipe.get_label_ids(wanted)
     except ValueError as exc:
-        raise SystemExit(f"--class: {exc}") from None
+        _fail("sample", f"--class: {exc}", 2)
     return [ids[i % len(ids)] for i in range(num_images)]
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     if args.num_images < 1:
         _fail("sample", f"--num-images must be at least 1, got {args.num_images}", 2)
+    if args.guidance_scale is not None and args.classes is None:
+        _fail(
+            "sample",
+            "--guidance-scale needs --class (guidance steers the images towards the class asked for)",
+            2,
+        )
     device = _sampling_device(args, "sample")
     _check_out("sample", args.out, image=True)
     pipe = _load("sample", args.model, args.revision).to(device)

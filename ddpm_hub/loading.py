@@ -394,11 +394,17 @@ def _hub_error(
 
 
 def _transport_errors() -> tuple[type[Exception], ...]:
-    """The connection errors of the HTTP client huggingface_hub uses (httpx2 in 2.x, httpx in 1.x)."""
+    """The connection errors of the HTTP client huggingface_hub uses (httpx2 in 2.x, httpx in 1.x, requests
+    in 0.x: without its ConnectionError an unreachable Hub leaked past HubLoadError on huggingface-hub 0.36)."""
     errors: list[type[Exception]] = [ConnectionError, TimeoutError]
-    for module in ("httpx2", "httpx"):
-        with contextlib.suppress(ImportError, AttributeError):
-            errors.append(importlib.import_module(module).TransportError)
+    for module, names in (
+        ("httpx2", ("TransportError",)),
+        ("httpx", ("TransportError",)),
+        ("requests.exceptions", ("ConnectionError", "Timeout")),
+    ):
+        for name in names:
+            with contextlib.suppress(ImportError, AttributeError):
+                errors.append(getattr(importlib.import_module(module), name))
     return tuple(errors)
 
 
@@ -415,6 +421,8 @@ def download_pipeline(
     """
     try:
         try:
+            if constants.HF_HUB_OFFLINE:  # huggingface-hub 0.x's client does not check it on every call
+                raise OfflineModeIsEnabled("HF_HUB_OFFLINE is set")
             info = HfApi().model_info(repo_id, revision=revision, token=token)
         except (OfflineModeIsEnabled, *_transport_errors()):
             info = None  # offline: snapshot_download looks in the cache
@@ -427,7 +435,12 @@ def download_pipeline(
         if info is not None:
             check_repo_files([s.rfilename for s in info.siblings or []], repo_id, revision)
         folder = snapshot_download(
-            repo_id, revision=revision, allow_patterns=PULL_PATTERNS, token=token, cache_dir=cache_dir
+            repo_id,
+            revision=revision,
+            allow_patterns=PULL_PATTERNS,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=constants.HF_HUB_OFFLINE,
         )
     except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
         raise _hub_error(exc, repo_id, revision, token, cache_dir) from exc

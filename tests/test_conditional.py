@@ -305,6 +305,8 @@ def test_a_conditional_run_trains_with_label_dropout_and_samples_a_class(tmp_pat
         )
         == 0
     )
+    with pytest.raises(SystemExit, match="--guidance-scale needs --class"):
+        cli_main(["sample", str(run), "--guidance-scale", "3", "--sampler", "ddim", "--steps", "4"])
     with pytest.raises(SystemExit, match="--class: unknown class name 'cat'"):
         cli_main(["sample", str(run), "--class", "cat", "--sampler", "ddim", "--steps", "4"])
     with pytest.raises(SystemExit, match="--class-accuracy: .*classes must be the digits 0-9"):
