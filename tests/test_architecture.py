@@ -230,3 +230,21 @@ def test_core_modules_import_in_a_fresh_interpreter_without_training_or_gradio(m
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+#: the training run reads top to bottom (ARCHITECTURE.md): no function of these files grows past this
+MAX_FUNCTION_LINES = {"train.py": 80, "checkpoints.py": 80}
+
+
+def test_the_training_files_have_no_function_over_80_lines():
+    too_long = []
+    for name, limit in MAX_FUNCTION_LINES.items():
+        tree = ast.parse((PACKAGE / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    too_long.append(f"{name}:{node.lineno} {node.name} ({lines} lines)")
+    assert not too_long, "split these, as train.py's _train calls one step after another: " + ", ".join(
+        too_long
+    )
