@@ -5,19 +5,24 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import torch
+from PIL import Image
 
-from . import __version__, evaluate
+from . import __version__, evaluate, plugins
 from .conditioning import DEFAULT_GUIDANCE_SCALE
 from .datasets import BUILTIN_DATASET
 from .devices import allow_fast_float32, select_device
 from .hub import HubPushError, deploy_space, push
 from .images import make_grid
-from .loading import HubLoadError, load_pipeline
+from .loading import load_pipeline
+from .pipeline import NonFiniteSampleError
 from .plugins import plugin_info
 from .train import main as train_main
 
@@ -40,6 +45,34 @@ def _sampling_device(args: argparse.Namespace, command: str):
     return device
 
 
+class RegisteredNames:
+    """The names in a plugin registry, read when argparse first needs them (help, or checking a value), so
+    that `ddpm-hub --help` and commands that take no such option do not load the plugins."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def _names(self) -> list[str]:
+        return sorted(getattr(plugins, f"get_{self.kind}")())
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+
+def _sampler_name(name: str) -> str:
+    """A registered sampler's name; otherwise the registry's message (unknown, or its plugin is disabled)."""
+    try:
+        plugins.get_sampler(
+            name
+        )  # a plugin's sampler is built once here, so a broken one fails before any work
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
+
+
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample an image grid from a pipeline folder, run folder or Hub repo")
     p.add_argument("model", help="a pipeline folder, a training run folder, or a Hub repo id (NS/NAME)")
@@ -47,7 +80,10 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sampler",
         default="ddpm",
-        help="a registered sampler: ddpm, sde-dpm-solver++, dpm-solver++, ddim, ...",
+        type=_sampler_name,
+        choices=RegisteredNames("samplers"),
+        metavar="NAME",
+        help="a registered sampler: %(choices)s (default: %(default)s)",
     )
     p.add_argument("--steps", type=int, default=None, help="reverse steps (default: the sampler's)")
     p.add_argument("--seed", type=int, default=0)
@@ -56,6 +92,66 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("grid.png"))
     _add_device(p)
     p.set_defaults(func=cmd_sample)
+
+
+class UsageError(SystemExit):
+    """Exit 2 (a bad argument, as argparse) after printing the message; ``str()`` is the message."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _fail(command: str, message: object, code: int = 1) -> NoReturn:
+    """One line on stderr and exit ``code``: 2 for a bad argument (as argparse), 1 for a failure."""
+    line = f"ddpm-hub {command}: error: {message}"
+    if code == 1:
+        raise SystemExit(line)  # Python prints it and exits 1
+    print(line, file=sys.stderr)
+    raise UsageError(line)
+
+
+def _check_out(command: str, path: Path, image: bool) -> None:
+    """Exit 2 unless ``--out`` is a file that can be written (an image format for ``image``), before any work."""
+    if path.is_dir():
+        name = "grid.png" if image else "report.json"
+        _fail(command, f"--out {path} is a folder; give a file name, such as {path / name}", 2)
+    if image:
+        fmt = Image.registered_extensions().get(path.suffix.lower())
+        if fmt not in Image.SAVE:
+            _fail(
+                command,
+                f"--out {path} needs an image file extension that PIL can write: .png, .jpg or .webp",
+                2,
+            )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(f"{path} is read-only")
+    except OSError as exc:
+        _fail(command, f"--out {path} cannot be written ({exc.strerror or exc}); choose another location", 2)
+
+
+def _load(command: str, model: str, revision: str | None):
+    """``load_pipeline`` with its errors as one line (exit 1)."""
+    try:
+        return load_pipeline(model, revision=revision)
+    except (OSError, ValueError, ImportError) as exc:  # HubLoadError and FileNotFoundError are OSErrors
+        _fail(command, exc)
+
+
+def _steps(command: str, pipe, sampler: str | None, steps: int | None) -> int:
+    """The sampler's steps for this model, checked against its registry entry (exit 2 when bad)."""
+    try:
+        return pipe.resolve_steps(sampler, steps)
+    except ValueError as exc:
+        option = "--sampler" if "unknown sampler" in str(exc) else "--steps"
+        _fail(command, f"{option}: {exc}", 2)
 
 
 def _add_conditioning(p: argparse.ArgumentParser) -> None:
@@ -84,50 +180,68 @@ def _class_labels(pipe, classes: list[str] | None, num_images: int) -> list[int]
     try:
         ids = pipe.get_label_ids(wanted)
     except ValueError as exc:
-        raise SystemExit(f"--class: {exc}") from None
+        _fail("sample", f"--class: {exc}", 2)
     return [ids[i % len(ids)] for i in range(num_images)]
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     if args.num_images < 1:
-        raise SystemExit(f"--num-images must be at least 1, got {args.num_images}")
+        _fail("sample", f"--num-images must be at least 1, got {args.num_images}", 2)
+    if args.guidance_scale is not None and args.classes is None:
+        _fail(
+            "sample",
+            "--guidance-scale needs --class (guidance steers the images towards the class asked for)",
+            2,
+        )
     device = _sampling_device(args, "sample")
-
-    try:
-        pipe = load_pipeline(args.model, revision=args.revision)
-    except (HubLoadError, ValueError, FileNotFoundError, ImportError) as exc:
-        raise SystemExit(f"ddpm-hub sample: error: {exc}") from exc
-    pipe.to(device)
+    _check_out("sample", args.out, image=True)
+    pipe = _load("sample", args.model, args.revision).to(device)
+    steps = _steps("sample", pipe, args.sampler, args.steps)
     labels = _class_labels(pipe, args.classes, args.num_images)
     try:
         images = pipe(
             batch_size=args.num_images,
             # a CPU generator: the same seed gives the same starting noise on every device
             generator=torch.Generator(device="cpu").manual_seed(args.seed),
-            num_inference_steps=args.steps,
+            num_inference_steps=steps,
             sampler=args.sampler,
             output_type="pt",
             class_labels=labels,
             guidance_scale=args.guidance_scale,
         ).images
+    except NonFiniteSampleError as exc:
+        _fail("sample", f"{exc}; nothing was written to {args.out}")
     except ValueError as exc:
-        raise SystemExit(f"ddpm-hub sample: error: {exc}") from exc
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(images).save(args.out)
+        _fail("sample", exc)
+    try:
+        make_grid(images).save(args.out)
+    except OSError as exc:
+        _fail("sample", f"could not write {args.out}: {exc}")
     print(f"wrote {args.num_images} images to {args.out} (sampled on {device})")
     return 0
 
 
 def _add_plugins(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "plugins", help="list the installed plugins (JSON): distribution, version, hooks, names"
+        "plugins",
+        help="list the installed plugins (JSON): distribution, version, hooks, names, and what is broken",
+        description="List the installed ddpm-hub plugins as JSON. A plugin that failed to import or register is "
+        "listed with its `error` (it is disabled; everything else works); `problems` names what fails when run "
+        "(each schedule at small T, each sampler built from a small config, each backbone built with its "
+        "defaults and run once); `warnings` names hook-like functions without @hookimpl and names two plugins "
+        "register. Exits 0 either way.",
     )
     p.add_argument("--all", action="store_true", help="include ddpm-hub's built-in plugins")
     p.set_defaults(func=cmd_plugins)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    print(json.dumps(plugin_info(include_builtins=args.all), indent=2))
+    info = plugin_info(include_builtins=args.all)
+    print(json.dumps(info, indent=2))
+    for plugin in info:  # a disabled plugin's error was already warned about when the plugins loaded
+        who = f"plugin {plugin['name']!r} (distribution {plugin['distribution']!r})"
+        for message in plugin.get("problems", []) + plugin.get("warnings", []):
+            print(f"warning: {who}: {message}", file=sys.stderr)
     return 0
 
 
@@ -245,7 +359,11 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--revision", default=None, help="the branch to push to (created from main if missing)")
     p.add_argument("--commit-message", default=None)
-    p.add_argument("--license", default="apache-2.0", help="the weights' license for a generated model card")
+    p.add_argument(
+        "--license",
+        default=None,
+        help="the weights' license, a Hub license id such as mit (default: the card's, apache-2.0 for a new card)",
+    )
     p.add_argument("--token", default=None, help="a Hub token (default: HF_TOKEN or the logged-in token)")
     p.set_defaults(func=cmd_push)
 
@@ -280,7 +398,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sampler",
         default=None,
-        help="a registered sampler: ddpm, sde-dpm-solver++, dpm-solver++, ddim, ... (default: the model's own scheduler)",
+        type=_sampler_name,
+        choices=RegisteredNames("samplers"),
+        metavar="NAME",
+        help="a registered sampler: %(choices)s (default: the model's own scheduler)",
     )
     p.add_argument("--steps", type=int, default=None, help="reverse steps (default: the sampler's)")
     p.add_argument("--seed", type=int, default=0)
@@ -312,46 +433,57 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.num_samples < 2:
-        raise SystemExit(
-            f"--num-samples must be at least 2 (a Gaussian is fitted to the samples), got {args.num_samples}"
+        _fail(
+            "eval",
+            f"--num-samples must be at least 2 (a Gaussian is fitted to the samples), got {args.num_samples}",
+            2,
         )
-    if args.steps is not None and args.steps < 1:
-        raise SystemExit(f"--steps must be at least 1, got {args.steps}")
+    if args.batch_size < 1:
+        _fail("eval", f"--batch-size must be at least 1, got {args.batch_size}", 2)
     device = _sampling_device(args, "eval")
     if args.metric == "inception":
         try:
             evaluate.inception_features(None)
         except RuntimeError as exc:
-            raise SystemExit(str(exc)) from None
+            _fail("eval", exc, 2)
+    if args.out is not None:
+        _check_out("eval", args.out, image=False)
+    pipe = _load("eval", args.model, args.revision).to(device)
+    steps = _steps("eval", pipe, args.sampler, args.steps)
     try:
+        evaluate.check_image_shape(pipe.image_shape, args.dataset)
         reference = evaluate.Reference.from_dataset(args.dataset)
     except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"--dataset: {exc}") from None
-    pipe = load_pipeline(args.model, revision=args.revision).to(device)
+        _fail("eval", f"--dataset: {exc}", 2)
     labels = None
     if args.class_accuracy:
         if pipe.num_classes is None:
-            raise SystemExit(
-                f"--class-accuracy needs a class-conditional model; {args.model} is unconditional (its unet has no "
-                "num_class_embeds)"
+            _fail(
+                "eval",
+                f"--class-accuracy needs a class-conditional model; {args.model} is unconditional (its unet has "
+                "no num_class_embeds)",
+                2,
             )
         try:
             evaluate.digit_of_each_class(pipe.class_names)
         except ValueError as exc:
-            raise SystemExit(f"--class-accuracy: {exc}") from None
+            _fail("eval", f"--class-accuracy: {exc}", 2)
         labels = evaluate.balanced_labels(pipe.num_classes, args.num_samples)
     elif args.guidance_scale is not None:
-        raise SystemExit("--guidance-scale applies to --class-accuracy (class-conditional sampling) only")
-    images = evaluate.generate(
-        pipe,
-        args.num_samples,
-        args.sampler,
-        args.steps,
-        args.seed,
-        args.batch_size,
-        class_labels=labels,
-        guidance_scale=args.guidance_scale,
-    )
+        _fail("eval", "--guidance-scale applies to --class-accuracy (class-conditional sampling) only", 2)
+    try:
+        images = evaluate.generate(
+            pipe,
+            args.num_samples,
+            args.sampler,
+            steps,
+            args.seed,
+            args.batch_size,
+            class_labels=labels,
+            guidance_scale=args.guidance_scale,
+        )
+    except NonFiniteSampleError as exc:
+        _fail("eval", f"{exc}; no score was computed")
     report = evaluate.evaluate_images(images, reference).to_dict()
     if labels is not None:
         report.update(evaluate.class_accuracy(images, labels, pipe.class_names))
@@ -359,12 +491,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
         )
     report.update(
-        model=str(args.model), sampler=args.sampler, steps=args.steps, seed=args.seed, device=str(device)
+        model=str(args.model), sampler=args.sampler, steps=steps, seed=args.seed, device=str(device)
     )
     text = json.dumps(report, indent=2)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        try:
+            args.out.write_text(text + "\n")
+        except OSError as exc:
+            _fail("eval", f"could not write {args.out}: {exc}")
     print(text)
     return 0
 
@@ -379,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    plugins.one_line_warnings()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if getattr(args, "passthrough", False):  # `ddpm-hub train --max_steps 10 ...`: the trainer parses its own

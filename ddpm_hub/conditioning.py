@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 #: the guidance scale the pipeline, the CLI and the Space use by default (see benchmarks/README.md)
-DEFAULT_GUIDANCE_SCALE = 2.0
+DEFAULT_GUIDANCE_SCALE = 1.5
 
 
 def supports_class_conditioning(backbone: Any) -> bool:

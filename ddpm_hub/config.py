@@ -11,6 +11,11 @@ field's type; an unknown key or a bad value raises :class:`ConfigError` naming t
 Booleans are YAML 1.2's (``true``/``false``), so ``--mixed_precision no`` stays the string ``no`` (YAML 1.1
 would read it as ``false``); a boolean key also takes ``yes``/``no``/``on``/``off``.
 
+``model`` belongs to ``backbone``: it is that backbone's constructor arguments (the default is the built-in
+UNet's MNIST model). A layer (the YAML file, then the command line) that changes ``backbone`` without giving
+``model`` as a whole drops the mapping of the previous backbone, so ``--backbone dit`` starts from DiT's own
+defaults; ``--model.KEY VALUE`` then changes one key of it and ``--model '{...}'`` replaces the mapping.
+
 With ``--resume`` the base is the run's own ``config.yaml``, not the defaults: the command line (and a
 ``--config`` file) may change only the keys in :data:`RESUME_SAFE_KEYS` (how long to train, what to log,
 sample, checkpoint and push along the way, data loading workers). Any other key that differs from the saved
@@ -170,7 +175,9 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     #: a registered backbone name: unet, diffusers-unet2d, or one a plugin adds
     backbone: str = "unet"
-    #: the backbone's constructor kwargs; sample_size and in_channels default to the data's
+    #: the backbone's constructor kwargs; sample_size and in_channels default to the data's. Changing backbone
+    #: (in the file or on the command line) without giving the whole mapping starts from the new backbone's own
+    #: defaults: --model.KEY VALUE changes one key, --model '{...}' replaces the mapping
     model: dict[str, Any] = field(default_factory=lambda: dict(MNIST_MODEL))
     #: DDPMHubScheduler kwargs (num_train_timesteps, beta_schedule, beta_start, beta_end, prediction_type, ...)
     scheduler: dict[str, Any] = field(
@@ -465,9 +472,20 @@ def apply(config: TrainConfig, values: dict[str, Any], prefix: str = "") -> Trai
     """Apply a (nested) mapping of values, as read from YAML, to ``config``."""
     if not isinstance(values, dict):
         raise ConfigError(f"a config file must hold a mapping of keys to values, got {type(values).__name__}")
-    for key, value in values.items():
-        _set(config, str(key), value, prefix + str(key))
+    _apply_layer(config, [(str(key), value) for key, value in values.items()], prefix)
     return config
+
+
+def _apply_layer(config: TrainConfig, items: Sequence[tuple[str, Any]], prefix: str = "") -> None:
+    """Set ``items`` (``(dotted key, value)``) on ``config``; when they change ``backbone`` but do not give
+    ``model`` as a whole, the previous backbone's ``model`` is dropped and only the ``model.KEY`` items stay."""
+    backbone = config.backbone
+    for key, value in items:
+        _set(config, key, value, prefix + key)
+    if prefix or config.backbone == backbone or any(key == "model" for key, _ in items):
+        return
+    own = {key.split(".", 1)[1] for key, _ in items if key.startswith("model.")}
+    config.model = {k: v for k, v in config.model.items() if k in own}
 
 
 def parse_value(text: str) -> Any:
@@ -519,8 +537,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[tuple[str, A
     config = TrainConfig()
     if path is not None:
         apply(config, read_yaml(path))
-    for key, value in overrides:
-        _set(config, key, value)
+    _apply_layer(config, list(overrides))
     config.validate()
     return config
 
@@ -627,8 +644,7 @@ def config_from_argv(argv: Sequence[str]) -> TrainConfig:
     resumed = copy.deepcopy(saved)
     if path is not None:
         apply(resumed, read_yaml(path))
-    for key, value in overrides:
-        _set(resumed, key, value)
+    _apply_layer(resumed, list(overrides))
     for key in ("output_dir", "resume", "overwrite_output_dir"):
         setattr(resumed, key, getattr(config, key))
     check_resume(saved, resumed, saved_file)

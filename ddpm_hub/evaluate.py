@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,20 +98,8 @@ def load_images(dataset: str | Path = BUILTIN_DATASET, rows: range | None = None
     ``dataset``: ``"mnist5k"`` (the built-in data; default rows: the held-out reference split), a
     ``.parquet`` file, or a folder of images (``datasets``' imagefolder).
     """
-    if str(dataset) == BUILTIN_DATASET:
-        ds = datasets.load_dataset("parquet", data_files=str(MNIST5K), split="train")
-        rows = REFERENCE_ROWS if rows is None else rows
-    else:
-        path = Path(dataset).expanduser()
-        if path.is_file() and path.suffix == ".parquet":
-            ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
-        elif path.is_dir():
-            ds = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
-        else:
-            raise FileNotFoundError(
-                f"dataset {str(dataset)!r} not found: give {BUILTIN_DATASET!r} (the built-in MNIST-5k), a .parquet "
-                "file with an image column, or a folder of images"
-            )
+    ds, default_rows = _open_dataset(dataset)
+    rows = default_rows if rows is None else rows
     if rows is not None:
         ds = ds.select(rows)
     column = _image_column(ds)
@@ -122,6 +111,52 @@ def load_images(dataset: str | Path = BUILTIN_DATASET, rows: range | None = None
             image = image.resize((28, 28), Image.BILINEAR)
         arrays.append(np.asarray(image, dtype=np.uint8))
     return torch.from_numpy(np.stack(arrays)).unsqueeze(1).float() / 255.0
+
+
+def _open_dataset(dataset: str | Path):
+    """(the ``datasets.Dataset``, its default reference rows or None) for ``load_images``' ``dataset``."""
+    if str(dataset) == BUILTIN_DATASET:
+        return datasets.load_dataset("parquet", data_files=str(MNIST5K), split="train"), REFERENCE_ROWS
+    else:
+        path = Path(dataset).expanduser()
+        if path.is_file() and path.suffix == ".parquet":
+            ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+        elif path.is_dir():
+            ds = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
+        else:
+            raise FileNotFoundError(
+                f"dataset {str(dataset)!r} not found: give {BUILTIN_DATASET!r} (the built-in MNIST-5k), a .parquet "
+                "file with an image column, or a folder of images"
+            )
+    return ds, None
+
+
+def dataset_image_shape(dataset: str | Path = BUILTIN_DATASET) -> tuple[int, int, int]:
+    """(channels, H, W) of a dataset's first image as stored (``load_images`` makes every image 1x28x28);
+    grayscale modes count as 1 channel, colour ones as 3."""
+    ds, _ = _open_dataset(dataset)
+    image = ds[0][_image_column(ds)]
+    channels = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+    return channels, image.height, image.width
+
+
+def check_image_shape(image_shape: tuple[int, int, int], dataset: str | Path = BUILTIN_DATASET) -> None:
+    """Refuse to score a model's ``image_shape`` (C, H, W) against reference data of another channel count
+    (ValueError); warn when only the size differs (both are resized to 28x28 for the classifier)."""
+    c, h, w = dataset_image_shape(dataset)
+    C, H, W = image_shape
+    if c != C:
+        raise ValueError(
+            f"the model makes {C}x{H}x{W} images but the reference data {str(dataset)!r} holds {c}x{h}x{w} "
+            f"images: scores against it would compare different kinds of images. Give a dataset of {C}-channel "
+            "images like the model's training data (--dataset FOLDER or FILE.parquet)"
+        )
+    if (h, w) != (H, W):
+        warnings.warn(
+            f"the model makes {H}x{W} images and the reference data {str(dataset)!r} holds {h}x{w} images; "
+            "both are resized to 28x28 for the classifier",
+            stacklevel=2,
+        )
 
 
 def load_labels(rows: range) -> torch.Tensor:
@@ -434,6 +469,7 @@ def evaluate_pipeline(
     """Generate ``num_samples`` images with ``pipe`` and score them against ``dataset``."""
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2, got {num_samples}")
+    check_image_shape(pipe.image_shape, dataset)
     images = generate(pipe, num_samples, sampler, steps, seed, batch_size)
     report = evaluate_images(images, dataset)
     report.extra.update(sampler=sampler or type(pipe.scheduler).__name__, steps=steps, seed=seed)

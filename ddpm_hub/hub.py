@@ -23,6 +23,7 @@ says what that permission means.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
@@ -40,7 +41,7 @@ from . import __version__
 from .conditioning import DEFAULT_GUIDANCE_SCALE
 from .datasets import BUILTIN_DATASET_SOURCES
 from .loading import HubLoadError as HubLoadError  # re-exported: it lived here before ddpm_hub.loading
-from .loading import check_pipeline_folder, is_repo_id, pipeline_folder
+from .loading import _transport_errors, check_pipeline_folder, is_repo_id, pipeline_folder
 from .samplers import resolve_steps
 from .scheduler import PREDICTION_TYPES
 
@@ -60,6 +61,26 @@ RUN_IMAGES = ("samples.png", "loss.png")
 #: the repo id in a card written before the repo is known; push() fills in the real one
 CARD_PLACEHOLDER = "NS/NAME"
 CARD_TAGS = ["ddpm", "ddpm-hub", "diffusers", "unconditional-image-generation"]
+#: the license of a card that ddpm-hub writes when none is given
+DEFAULT_LICENSE = "apache-2.0"
+#: the ``license:`` ids the Hub accepts in a card (https://huggingface.co/docs/hub/repositories-licenses);
+#: a push checks the card against this list offline, then against the Hub's own card validator
+# fmt: off
+HUB_LICENSES = frozenset([
+    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",
+    "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause",
+    "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0",
+    "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0",
+    "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0",
+    "cdla-sharing-1.0", "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0",
+    "etalab-2.0", "eupl-1.1", "eupl-1.2", "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1",
+    "lgpl-3.0", "isc", "h-research", "intel-research", "lppl-1.3c", "ms-pl", "apple-ascl", "apple-amlr",
+    "mpl-2.0", "odc-by", "odbl", "openmdw-1.0", "openrail++", "osl-3.0", "postgresql", "ofl-1.1", "ncsa",
+    "unlicense", "zlib", "pddl", "lgpl-lr", "deepfloyd-if-license", "fair-noncommercial-research-license",
+    "llama2", "llama3", "llama3.1", "llama3.2", "llama3.3", "llama4", "grok2-community", "gemma", "unknown",
+    "other",
+])
+# fmt: on
 
 
 class HubPushError(OSError):
@@ -162,12 +183,25 @@ def _requirements(index: dict[str, Any], info: dict[str, Any] | None) -> list[tu
     return list(reqs.items())
 
 
+def check_license(license: Any) -> None:
+    """ValueError unless ``license`` is a license id the Hub accepts (:data:`HUB_LICENSES`)."""
+    if isinstance(license, str) and license in HUB_LICENSES:
+        return
+    close = difflib.get_close_matches(str(license).lower(), sorted(HUB_LICENSES), n=3)
+    raise ValueError(
+        f"{license!r} is not a license id the Hub accepts"
+        + (f" (did you mean {' or '.join(close)}?)" if close else "")
+        + ": use an id from https://huggingface.co/docs/hub/repositories-licenses such as apache-2.0 or mit, or "
+        "'other' with the license text in a LICENSE file"
+    )
+
+
 def write_model_card(
     pipeline_dir: str | Path,
     info: dict[str, Any] | None,
     *,
     repo_id: str | None = None,
-    license: str = "apache-2.0",
+    license: str = DEFAULT_LICENSE,
     samples: str | Path | None = None,
     loss_curve: str | Path | None = None,
 ) -> Path:
@@ -182,6 +216,7 @@ def write_model_card(
         samples, loss_curve: PNGs to show; default ``samples.png`` / ``loss.png`` beside the pipeline
             folder (the run folder). They are copied into the pipeline folder, next to the card.
     """
+    check_license(license)
     pipeline_dir = Path(pipeline_dir)
     index = check_pipeline_folder(pipeline_dir)
     info = dict(info or {})
@@ -279,7 +314,7 @@ def write_model_card(
         f'# fewer steps: pipe(batch_size=16, sampler="ddim", num_inference_steps={steps("ddim")})',
         *(
             [
-                f"images = pipe(batch_size=16, class_labels={class_names[-1]!r}, guidance_scale={DEFAULT_GUIDANCE_SCALE}).images"
+                f"images = pipe(batch_size=16, class_labels={json.dumps(class_names[-1])}, guidance_scale={DEFAULT_GUIDANCE_SCALE}).images"
             ]
             if class_names
             else []
@@ -318,7 +353,8 @@ def write_model_card(
         "",
         "## Sampling",
         "",
-        f"- default sampler: `ddpm`, ancestral sampling with the posterior variance over all {T} steps",
+        f"- default sampler: `ddpm`, ancestral sampling with the posterior variance over all {T} steps, x0 "
+        "clipped to [-1, 1] at each step (`ddpm-seed`: the seed's exact loop, unclipped)",
         f"- faster: `sde-dpm-solver++` ({steps('sde-dpm-solver++')} steps, stochastic like the seed's loop, x0 "
         f"thresholded), `dpm-solver++` ({steps('dpm-solver++')} steps, deterministic) and `ddim` "
         f"({steps('ddim')} steps, x0 clipped to [-1, 1])",
@@ -445,18 +481,36 @@ def push(
     revision: str | None = None,
     commit_message: str | None = None,
     token: str | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
 ):
     """Push a trained pipeline (a run folder or a pipeline folder) to the Hub repo ``repo_id``.
 
     Creates the repo if needed (``private`` applies only then) and the branch ``revision`` if it does not
     exist yet (from ``main``), then uploads in one commit: the pipeline folder (configs and safetensors
     weights), the model card (the folder's ``README.md``, its ``NS/NAME`` placeholder filled in, or one
-    written now from the run's ``train_info.json``), ``samples.png`` and ``loss.png``. Stale files inside the component folders are
-    deleted, so that the repo holds exactly the pushed weights. Returns huggingface_hub's ``CommitInfo``
-    (``.oid`` is the commit sha, loadable later with ``load_pipeline(repo_id, revision=sha)``).
+    written now from the run's ``train_info.json``), ``samples.png`` and ``loss.png``. Stale files inside the
+    component folders are deleted, so that the repo holds exactly the pushed weights. The default commit
+    message says what the run did (``ddpm-hub train: STEPS steps on DATASET, final loss LOSS``); training's
+    ``push_to_hub`` pushes through this same function. ``license`` replaces the card's ``license:`` (default:
+    keep the card's; ``apache-2.0`` for a new card). Returns huggingface_hub's ``CommitInfo`` (``.oid`` is the
+    commit sha, loadable later with ``load_pipeline(repo_id, revision=sha)``).
+
+    Before anything is created on the Hub: a token must be available (checked first, without the network),
+    offline mode must be off, and the card's metadata must pass the license check and the Hub's card
+    validator; otherwise ``HubPushError`` or ``ValueError`` says what to fix.
     """
     check_push_settings(repo_id, push=False)
+    if not token and get_token() is None:
+        raise HubPushError(
+            f"pushing to {repo_id} needs a Hub token with write access and you are not logged in: log in with "
+            "`hf auth login`, set HF_TOKEN, or pass a token (--token)"
+        )
+    if constants.HF_HUB_OFFLINE:
+        raise HubPushError(
+            f"pushing to {repo_id} needs the Hub, and offline mode is on (HF_HUB_OFFLINE=1): unset HF_HUB_OFFLINE"
+        )
+    if license is not None:
+        check_license(license)
     pipeline_dir, run_dir = resolve_run(run_or_pipeline_dir)
     index = check_pipeline_folder(pipeline_dir)
 
@@ -465,15 +519,33 @@ def push(
         staging = Path(tmp) / "repo"
         staging.mkdir()
         staged = _stage(pipeline_dir, run_dir, staging)
-        card = staging / "README.md"
+        card_path = staging / "README.md"
         if "README.md" not in staged:
-            write_model_card(staging, read_train_info(run_dir), repo_id=repo_id, license=license)
-        elif CARD_PLACEHOLDER in (text := card.read_text()):
-            card.unlink()  # a hard link to the user's file: write a new one
-            card.write_text(text.replace(CARD_PLACEHOLDER, repo_id))
+            write_model_card(
+                staging, read_train_info(run_dir), repo_id=repo_id, license=license or DEFAULT_LICENSE
+            )
+        else:
+            card = ModelCard(card_path.read_text().replace(CARD_PLACEHOLDER, repo_id))
+            if license is not None:
+                card.data.license = license
+            card_path.unlink()  # a hard link to the user's file: write a new one
+            card.save(card_path)
+        card = ModelCard.load(card_path)
+        try:
+            check_license(card.data.license)
+        except ValueError as exc:
+            raise ValueError(
+                f"the model card {pipeline_dir / 'README.md'} has license: {exc}; pass --license"
+            ) from exc
         components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list)]
 
         try:
+            try:
+                card.validate()  # the Hub's own check of the card's metadata, before the repo exists
+            except ValueError as exc:
+                raise HubPushError(
+                    f"the Hub refused the model card's metadata, so nothing was pushed: {exc}"
+                ) from exc
             api.create_repo(repo_id, private=private, exist_ok=True)
             if revision is not None:
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
@@ -481,11 +553,27 @@ def push(
                 repo_id=repo_id,
                 folder_path=staging,
                 revision=revision,
-                commit_message=commit_message or f"Upload DDPM pipeline with ddpm-hub ({len(staged)} files)",
+                commit_message=commit_message or _commit_message(read_train_info(run_dir), len(staged)),
                 delete_patterns=[f"{c}/*" for c in components],
             )
         except HfHubHTTPError as exc:
             raise _push_error(exc, repo_id, token) from exc
+        except _transport_errors() as exc:
+            raise HubPushError(
+                f"pushing to {repo_id} failed: the Hub ({constants.ENDPOINT}) cannot be reached "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); check your connection "
+                "(and HF_ENDPOINT) and push again"
+            ) from exc
+
+
+def _commit_message(info: dict[str, Any] | None, num_files: int) -> str:
+    """The default commit message: what the run did (steps, data, final loss) when its train_info is there."""
+    if info and {"num_train_steps", "dataset", "final_loss"} <= info.keys():
+        return (
+            f"ddpm-hub train: {info['num_train_steps']} steps on {info['dataset']}, "
+            f"final loss {info['final_loss']:.4f}"
+        )
+    return f"Upload DDPM pipeline with ddpm-hub ({num_files} files)"
 
 
 def _push_error(exc, repo_id: str, token: str | None) -> HubPushError:

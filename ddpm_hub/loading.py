@@ -21,7 +21,6 @@ import contextlib
 import importlib
 import importlib.metadata
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +34,16 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import SafetensorError, safe_open
 
 from .pipeline import DDPMHubPipeline
-from .plugins import MissingPluginError, _normalize, allowed_plugins, get_schedules, load_plugins
+from .plugins import (
+    MissingPluginError,
+    distribution_of,
+    get_schedules,
+    load_plugins,
+    unavailable_reason,
+)
 
 #: files that a pull downloads (snapshot_download allow_patterns)
 PULL_PATTERNS = ["*.safetensors", "*.json", "*.md", "*.png"]
@@ -100,7 +106,17 @@ def load_pipeline(
                 f"{name!r} is neither an existing local folder nor a valid Hub repo id: give a pipeline folder, a "
                 "training run folder, or a Hub repo id such as NAMESPACE/NAME (letters, digits, '-', '_', '.')"
             )
-        folder = download_pipeline(name, revision=revision, token=token, cache_dir=cache_dir)
+        try:
+            folder = download_pipeline(name, revision=revision, token=token, cache_dir=cache_dir)
+        except HubLoadError as exc:
+            if path.parent != Path(".") and path.parent.is_dir():  # most likely a mistyped local path
+                raise HubLoadError(
+                    f"there is no folder {path} (its parent {path.parent} exists); read as a Hub repo id: {exc}",
+                    exc.reason,
+                    exc.repo_id,
+                    exc.revision,
+                ) from exc
+            raise
         try:
             check_pipeline_folder(folder)
         except FileNotFoundError as exc:
@@ -151,12 +167,9 @@ def _missing_plugin_message(what: str, requirement: dict[str, Any], fallback: st
     except importlib.metadata.PackageNotFoundError:
         pin = f"=={version}" if version else ""
         return f"{what} is provided by the distribution {dist!r}{saved}, which is not installed: pip install {dist}{pin}"
-    allowed = allowed_plugins()
-    if allowed is not None and _normalize(dist) not in allowed:
-        return (
-            f"{what} is provided by the distribution {dist!r}{saved}, which is installed but not loaded because "
-            f"DDPM_HUB_LOAD_PLUGINS={os.environ['DDPM_HUB_LOAD_PLUGINS']!r} leaves it out: add {dist} to it"
-        )
+    reason = unavailable_reason(dist)  # left out by DDPM_HUB_LOAD_PLUGINS, or disabled
+    if reason:
+        return f"{what} is provided by the distribution {dist!r}{saved}, which is installed but {reason}"
     return (
         f"{what} is provided by the distribution {dist!r}{saved}, which is installed but does not provide it; "
         f"upgrade it: pip install -U {dist}"
@@ -171,14 +184,20 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
     ``beta_schedule`` (a plugin) is not installed or not loaded (``MissingPluginError``, naming the
     distribution recorded in ``_ddpm_hub_requires``).
     """
-    index = json.loads((folder / "model_index.json").read_text())
+    index = _read_json(folder / "model_index.json")
     requires = index.get("_ddpm_hub_requires") or {}
     for name in ("unet", "scheduler"):
         if name not in index:
             raise ValueError(
                 f"{folder / 'model_index.json'} has no {name!r} component; this is not a DDPM pipeline"
             )
-        library, class_name = index[name]
+        entry = index[name]
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(v, str) for v in entry)):
+            raise ValueError(
+                f"{folder / 'model_index.json'} is invalid: {name!r} must be [library, class name], such as "
+                f'["ddpm_hub", "UNet"], got {entry!r}'
+            )
+        library, class_name = entry
         what = f"this checkpoint's {name} ({library}.{class_name})"
         try:
             module = importlib.import_module(library)
@@ -192,6 +211,10 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
                 f"this checkpoint's {name} is {library}.{class_name}, but the installed {library} has no "
                 f"{class_name}; upgrade it"
             )
+        # importable is not enough: a plugin that DDPM_HUB_LOAD_PLUGINS leaves out, or a disabled one, is not used
+        dist = requires.get(name, {}).get("distribution") or (distribution_of(module) or (None,))[0]
+        if dist and unavailable_reason(dist):
+            raise MissingPluginError(_missing_plugin_message(what, requires.get(name, {}), dist))
         component = folder / name
         if not component.is_dir():
             raise FileNotFoundError(f"incomplete pipeline folder {folder}: the {name}/ folder is missing")
@@ -203,13 +226,14 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
         if pickles:
             raise ValueError(_pickle_message(str(folder), pickles))
         raise FileNotFoundError(f"incomplete pipeline folder {folder}: unet/ has no .safetensors weights")
+    _check_safetensors(folder)
     scheduler_config = folder / "scheduler" / "scheduler_config.json"
     if not scheduler_config.is_file():
         raise FileNotFoundError(
             f"incomplete pipeline folder {folder}: scheduler/scheduler_config.json is missing"
         )
     if index["scheduler"][1] == "DDPMHubScheduler":
-        config = json.loads(scheduler_config.read_text())
+        config = _read_json(scheduler_config)
         schedule = config.get("beta_schedule", "linear")
         if config.get("trained_betas") is None and schedule not in get_schedules():
             requirement = requires.get("scheduler", {})
@@ -226,6 +250,30 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
                 )
             raise MissingPluginError(message)
     return index
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; ValueError naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}): restore it, or save the pipeline again") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is invalid: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _check_safetensors(folder: Path) -> None:
+    """ValueError naming a truncated or corrupt ``.safetensors`` file of a pipeline folder (header check only)."""
+    for path in sorted(folder.glob("*/*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except SafetensorError as exc:
+            raise ValueError(
+                f"{path} is corrupt (truncated or not a safetensors file: {exc}); save the pipeline again, or "
+                "for a Hub download delete the file so that it downloads again"
+            ) from exc
 
 
 # --------------------------------------------------------------------------------------------------
@@ -346,11 +394,17 @@ def _hub_error(
 
 
 def _transport_errors() -> tuple[type[Exception], ...]:
-    """The connection errors of the HTTP client huggingface_hub uses (httpx2 in 2.x, httpx in 1.x)."""
+    """The connection errors of the HTTP client huggingface_hub uses (httpx2 in 2.x, httpx in 1.x, requests
+    in 0.x: without its ConnectionError an unreachable Hub leaked past HubLoadError on huggingface-hub 0.36)."""
     errors: list[type[Exception]] = [ConnectionError, TimeoutError]
-    for module in ("httpx2", "httpx"):
-        with contextlib.suppress(ImportError, AttributeError):
-            errors.append(importlib.import_module(module).TransportError)
+    for module, names in (
+        ("httpx2", ("TransportError",)),
+        ("httpx", ("TransportError",)),
+        ("requests.exceptions", ("ConnectionError", "Timeout")),
+    ):
+        for name in names:
+            with contextlib.suppress(ImportError, AttributeError):
+                errors.append(getattr(importlib.import_module(module), name))
     return tuple(errors)
 
 
@@ -367,6 +421,8 @@ def download_pipeline(
     """
     try:
         try:
+            if constants.HF_HUB_OFFLINE:  # huggingface-hub 0.x's client does not check it on every call
+                raise OfflineModeIsEnabled("HF_HUB_OFFLINE is set")
             info = HfApi().model_info(repo_id, revision=revision, token=token)
         except (OfflineModeIsEnabled, *_transport_errors()):
             info = None  # offline: snapshot_download looks in the cache
@@ -379,7 +435,12 @@ def download_pipeline(
         if info is not None:
             check_repo_files([s.rfilename for s in info.siblings or []], repo_id, revision)
         folder = snapshot_download(
-            repo_id, revision=revision, allow_patterns=PULL_PATTERNS, token=token, cache_dir=cache_dir
+            repo_id,
+            revision=revision,
+            allow_patterns=PULL_PATTERNS,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=constants.HF_HUB_OFFLINE,
         )
     except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
         raise _hub_error(exc, repo_id, revision, token, cache_dir) from exc

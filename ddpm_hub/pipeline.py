@@ -14,6 +14,7 @@ import importlib
 import inspect
 import json
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin, Schedu
 from diffusers.utils.torch_utils import randn_tensor
 
 from .conditioning import DEFAULT_GUIDANCE_SCALE, guide, label_ids, num_classes_of
-from .plugins import backbone_name_of, distribution_of, get_schedules
+from .plugins import backbone_name_of, distribution_of, get_sampler, get_schedules
 from .remote_code import write_remote_code
 from .samplers import make_sampler, resolve_steps
 from .scheduler import original_sample
@@ -34,6 +35,16 @@ StepCallback = Callable[
 ]
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+
+#: a sampling chain whose |x_t| exceeds ``1 + CHAIN_SIGMAS * init_noise_sigma`` (10 for DDPM) has diverged:
+#: x_t is sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) z with x_0 in [-1, 1], so a healthy chain stays within
+#: 1 + a few standard deviations of the noise (one N(0, 1) value beyond 9 has a chance of 2e-19); the seed's
+#: unclipped loop on a small model reaches 26
+CHAIN_SIGMAS = 9.0
+
+
+class NonFiniteSampleError(FloatingPointError):
+    """Sampling produced NaN or infinite values; the pipeline returns no images rather than black ones."""
 
 
 class DDPMHubPipeline(DiffusionPipeline):
@@ -177,6 +188,15 @@ class DDPMHubPipeline(DiffusionPipeline):
         """The registered sampler ``name`` (``ddpm``, ``ddim``, ``dpm-solver++``, ...) with this model's betas."""
         return make_sampler(name, self.scheduler)
 
+    def resolve_steps(self, sampler: str | None = None, steps: Any = None) -> int:
+        """The number of steps ``pipe(sampler=sampler, num_inference_steps=steps)`` runs; ValueError (naming
+        the allowed range) for bad steps or an unknown sampler, before any work."""
+        if sampler is None and type(self.scheduler).__name__ == "DDPMHubScheduler":
+            sampler = "ddpm"
+        if sampler is not None:
+            get_sampler(sampler)  # an unknown name: ValueError listing the registered samplers
+        return self._resolve_steps(sampler, self.scheduler, steps)
+
     def _resolve_steps(self, sampler: str | None, scheduler, steps: Any) -> int:
         """The sampler's steps from its registry entry; for ``sampler=None`` the pipeline's own scheduler,
         checked as the ``ddpm`` sampler when it is a DDPM scheduler."""
@@ -214,8 +234,10 @@ class DDPMHubPipeline(DiffusionPipeline):
             num_inference_steps: reverse steps; default all T for DDPM, the sampler's default otherwise.
             output_type: ``pil`` (list of PIL images), ``np`` (B, H, W, C floats in [0, 1]) or ``pt``
                 (B, C, H, W floats in [0, 1]).
-            sampler: a registered sampler name (``ddpm``, ``ddim``, ``dpm-solver++``, ``sde-dpm-solver++``);
-                default: ``self.scheduler``.
+            sampler: a registered sampler name (``ddpm``, ``ddpm-seed``, ``ddim``, ``dpm-solver++``,
+                ``sde-dpm-solver++``); default: ``ddpm`` (x_0 clipped at each step) when ``self.scheduler`` is a
+                ``DDPMHubScheduler``, else ``self.scheduler`` as it is (as diffusers' ``DDPMPipeline`` does).
+                ``ddpm-seed`` is the seed's exact, unclipped loop.
             callback_on_step_end: called after every step as ``callback(pipe, i, t, tensors)`` with
                 ``tensors = {"sample": x_{t-1}, "pred_original_sample": predicted x_0}``; a returned dict
                 may replace ``"sample"``.
@@ -223,6 +245,10 @@ class DDPMHubPipeline(DiffusionPipeline):
                 or names (one per image), as in diffusers' DiTPipeline; None: the null class (any class).
             guidance_scale: classifier-free guidance weight s, ``uncond + s * (cond - uncond)``; 1 is the plain
                 conditional model; default ``ddpm_hub.conditioning.DEFAULT_GUIDANCE_SCALE``.
+
+        Raises:
+            NonFiniteSampleError: a generated value is NaN or infinite (never returned as an image). A chain
+                that leaves the range a healthy one stays in (see ``CHAIN_SIGMAS``) gives a ``RuntimeWarning``.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -255,6 +281,8 @@ class DDPMHubPipeline(DiffusionPipeline):
         else:
             forward_labels = labels
         unet_kwargs = {} if forward_labels is None else {"class_labels": forward_labels}
+        if sampler is None and type(self.scheduler).__name__ == "DDPMHubScheduler":
+            sampler = "ddpm"  # the default generation path clips x_0 (ddpm_hub.samplers explains why)
         scheduler = self.scheduler if sampler is None else self.make_sampler(sampler)
         num_inference_steps = self._resolve_steps(sampler, scheduler, num_inference_steps)
 
@@ -266,6 +294,7 @@ class DDPMHubPipeline(DiffusionPipeline):
         scheduler.set_timesteps(num_inference_steps, device=self.device)
 
         # Seed, "Reverse loop": for ts in range(0, T)[::-1]
+        peak = image.new_zeros(())  # the largest |x_t| of the chain, to warn when it diverges
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             model_input = scheduler.scale_model_input(image, t)
             if guided:
@@ -287,7 +316,10 @@ class DDPMHubPipeline(DiffusionPipeline):
                 image = (result or {}).get("sample", out.prev_sample)
             else:
                 image = out.prev_sample
+            peak = torch.maximum(peak, image.abs().amax())
 
+        limit = 1.0 + CHAIN_SIGMAS * float(scheduler.init_noise_sigma)
+        check_chain(image, float(peak), limit, sampler or type(scheduler).__name__, num_inference_steps)
         # Seed, "Final Output": generated_image = torch.clamp(x, -1, 1), mapped to [0, 1]
         image = image.clamp(-1, 1) / 2 + 0.5
         if output_type == "pt":
@@ -300,6 +332,26 @@ class DDPMHubPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+
+def check_chain(image: torch.Tensor, peak: float, limit: float, sampler: str, steps: int) -> None:
+    """Raise ``NonFiniteSampleError`` when the final chain value ``image`` (B, C, H, W) has a NaN or inf; warn
+    when the chain's largest ``|x_t|`` (``peak``) went beyond ``limit``."""
+    finite = torch.isfinite(image).flatten(1).all(1)
+    if not bool(finite.all()):
+        raise NonFiniteSampleError(
+            f"sampling with {sampler} ({steps} steps) gave NaN or infinite values in {int((~finite).sum())} of "
+            f"{len(image)} images, so no images were returned; try the ddpm sampler (it clips x0) or another "
+            "number of steps, and check that the model's weights are finite"
+        )
+    if peak > limit:
+        warnings.warn(
+            f"the {sampler} sampling chain diverged: |x_t| reached {peak:.1f} (a healthy chain stays below "
+            f"{limit:g}), so the images are likely saturated (solid black or white). Use a sampler that "
+            "clips x0 (ddpm, ddim, dpm-solver++) or train the model longer",
+            RuntimeWarning,
+            stacklevel=4,  # the caller of pipe(...)
+        )
 
 
 def check_backbone_output(unet: Any, output: Any, sample: torch.Tensor) -> None:
@@ -344,7 +396,7 @@ def pipeline_requirements(unet: Any, scheduler: Any) -> dict[str, dict[str, Any]
     schedules = get_schedules()
     if (
         type(scheduler).__name__ == "DDPMHubScheduler"
-        and config.get("trained_betas") is None
+        and (config.get("trained_betas") is None or schedule != "linear")  # plugin schedules record betas
         and schedule in schedules
     ):
         entry = schedules[schedule]

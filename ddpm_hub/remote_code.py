@@ -44,7 +44,7 @@ INTERNAL_PREFIXES = ("ddpm_hub",)
 #: ddpm-hub modules that are never copied: the plugin machinery (its names come from the generated table)
 OPAQUE_MODULES = ("ddpm_hub.plugins", "ddpm_hub.hookspecs")
 #: registry functions the generated table provides, and what each returns
-REGISTRY_NAMES = ("get_schedule", "get_sampler", "get_schedules", "get_samplers", "provider")
+REGISTRY_NAMES = ("get_schedule", "get_sampler", "get_schedules", "get_samplers", "provider", "smoke_check")
 #: methods of the pipeline that only make sense with ddpm-hub installed (saving records plugins, loading
 #: goes through ddpm-hub's safe loader): diffusers' own take their place in the generated class
 PIPELINE_ONLY_METHODS = ("save_pretrained", "from_pretrained")
@@ -180,9 +180,10 @@ class _Bundler:
         """Make ``name`` of ``module`` available in the bundle under ``bound`` (default: its own name)."""
         bound = bound or name
         key = (module, name)
-        if module in OPAQUE_MODULES:
-            if name not in REGISTRY_NAMES:
+        if module in OPAQUE_MODULES and name not in REGISTRY_NAMES:
+            if not isinstance(_module(module).defs.get(name), ast.ClassDef):  # its error classes do travel
                 raise BundleError(f"{module}.{name} is ddpm-hub plugin machinery and cannot travel")
+        elif module in OPAQUE_MODULES:
             self._registry()
             if bound != name:
                 self._alias(bound, name, f"{module}.{name}")
@@ -267,8 +268,14 @@ class _Bundler:
 _REGISTRY_TEMPLATE = '''class _Entry:
     """What ddpm-hub's plugin registry holds for one entry (the entries this file carries)."""
 
+    builtin = True
+    plugin = distribution = "ddpm-hub"
+
     def __init__(self, name, obj, default_steps=None, min_steps=1):
         self.name, self.obj, self.default_steps, self.min_steps = name, obj, default_steps, min_steps
+
+    def who(self):
+        return "ddpm-hub"
 
 
 _REGISTRY = {
@@ -300,7 +307,11 @@ def get_schedules():
 
 
 def get_samplers():
-    return dict(_REGISTRY.get("samplers", {}))'''
+    return dict(_REGISTRY.get("samplers", {}))
+
+
+def smoke_check(kind, entry):
+    """ddpm-hub checks a plugin's entry on first use; the entries here were checked when the folder was saved."""'''
 
 
 def bundle(module: str, name: str, registry: dict[str, dict[str, tuple[Any, dict[str, Any]]]]) -> str:

@@ -1,11 +1,19 @@
 """Samplers: the scheduler used at generation time, built from the training scheduler's config.
 
-``make_sampler(name, scheduler)`` looks ``name`` up in the sampler registry (core: ``ddpm``, ``ddim``,
-``dpm-solver++``, ``sde-dpm-solver++``; plugins add more) and builds a scheduler with the same betas.
+``make_sampler(name, scheduler)`` looks ``name`` up in the sampler registry (core: ``ddpm``, ``ddpm-seed``,
+``ddim``, ``dpm-solver++``, ``sde-dpm-solver++``; plugins add more) and builds a scheduler with the same betas.
+
+Why ``ddpm`` clips x_0 and ``ddpm-seed`` does not: the seed's 512-step loop clamps only the final image. On a
+well-trained model that is fine, but a small or half-trained model's chain runs away: a base_channels 8
+model after 5,000 steps (loss 0.026) drifts to |x| = 26 and gives 14 of 16 solid black or white tiles. So
+``ddpm``, the default generation path (``pipe()`` without a sampler, ``ddpm-hub sample``, training's final
+grid, the Space), clamps the predicted x_0 to [-1, 1] at every step, as diffusers' ``DDPMScheduler`` does by
+default (``clip_sample=True``); ``ddpm-seed`` is the seed's exact loop (``clip_sample=False``), kept for
+reproducing it and for comparing with ``DDPMPipeline`` on a non-clipping scheduler.
 
 Why the few-step samplers clip x_0: with the T-scaled range alpha_bar_T is about 4e-5, so the x_0 that a
-sampler predicts at high t is the model's noise error amplified about 1/sqrt(4e-5) = 160 times. The
-seed's 512-step loop only clamps the final image and is fine, but a 20- or 50-step sampler copied from a
+sampler predicts at high t is the model's noise error amplified about 1/sqrt(4e-5) = 160 times. Over
+512 small steps a well-trained model's chain recovers from it; a 20- or 50-step sampler copied from a
 non-clipping config saturates. So ``ddim`` clips x_0 to [-1, 1] and ``dpm-solver++`` thresholds it, and
 both use "trailing" timestep spacing so that the first step starts at t = T-1 (Lin et al. 2023).
 """
@@ -19,7 +27,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .hookspecs import hookimpl
-from .plugins import get_sampler, provider
+from .plugins import Entry, PluginError, get_sampler, provider, set_smoke_check
 from .scheduler import DDPMHubScheduler
 
 #: beta_schedule names that diffusers' schedulers compute themselves
@@ -43,14 +51,27 @@ def _diffusers_config(config: dict[str, Any], betas: torch.Tensor) -> dict[str, 
 
 
 def ddpm(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:
-    """Ancestral sampling with the posterior variance, the seed's reverse process (default: all T steps).
+    """Ancestral sampling with the posterior variance over all T steps, x_0 clipped to [-1, 1] at each step.
 
-    A ddpm-hub config gives a ``DDPMHubScheduler``; a stock diffusers config (for example
-    google/ddpm-cifar10-32's) keeps diffusers' ``DDPMScheduler`` with its own variance and clipping.
+    A ddpm-hub config gives a ``DDPMHubScheduler`` with ``clip_sample=True`` (diffusers' ``DDPMScheduler``
+    default); a stock diffusers config (for example google/ddpm-cifar10-32's) keeps diffusers'
+    ``DDPMScheduler`` with its own variance and clipping.
     """
     if config.get("_class_name") == DDPMHubScheduler.__name__:
-        return DDPMHubScheduler.from_config(config)
+        return DDPMHubScheduler.from_config(config, clip_sample=True)
     return DDPMScheduler.from_config(_diffusers_config(config, betas))
+
+
+def ddpm_seed(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:
+    """The seed's exact reverse loop: posterior variance, x_0 never clipped (only the final image is clamped).
+
+    Diverges on small or under-trained models (see the module docstring); the pipeline warns when it does.
+    """
+    if config.get("_class_name") == DDPMHubScheduler.__name__:
+        return DDPMHubScheduler.from_config(config, clip_sample=False)
+    return DDPMScheduler.from_config(
+        _diffusers_config(config, betas), clip_sample=False, variance_type="fixed_small"
+    )
 
 
 class ClippedDDIMScheduler(DDIMScheduler):
@@ -126,11 +147,56 @@ def sde_dpm_solver_pp(config: dict[str, Any], betas: torch.Tensor) -> SchedulerM
     )
 
 
+#: the T of the ddpm-hub config a plugin's sampler is first built from
+SMOKE_TIMESTEPS = 100
+
+
+def check_sampler_factory(entry: Entry) -> None:
+    """The first-use check of a plugin's sampler (``ddpm_hub.plugins.smoke_check``): build it from a small
+    ddpm-hub config (T=100), set its default steps and take one step; :class:`PluginError` naming the plugin
+    if any of it fails."""
+    T = SMOKE_TIMESTEPS
+    training = DDPMHubScheduler(num_train_timesteps=T)
+    rule = f"building it from a ddpm-hub scheduler config (T={T}) and taking one step"
+    try:
+        sampler = entry.obj({**training.config, "_class_name": "DDPMHubScheduler"}, training.betas.clone())
+        steps = min(max(entry.default_steps or 10, entry.min_steps), T)
+        sampler.set_timesteps(steps)
+        timesteps = sampler.timesteps
+        sample = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+        model_input = sampler.scale_model_input(sample, timesteps[0])
+        prev = sampler.step(torch.zeros_like(sample), timesteps[0], sample).prev_sample
+    except Exception as exc:
+        raise PluginError(
+            f"{entry.who()}: its sampler {entry.name!r} fails {rule}: {' '.join(f'{type(exc).__name__}: {exc}'.split())}"
+        ) from exc
+    if not len(timesteps):
+        raise PluginError(f"{entry.who()}: its sampler {entry.name!r} set no timesteps for {steps} steps")
+    for what, value in (("scale_model_input", model_input), ("step(...).prev_sample", prev)):
+        if not isinstance(value, torch.Tensor) or value.shape != sample.shape:
+            raise PluginError(
+                f"{entry.who()}: its sampler's {what} gave {type(value).__name__} "
+                f"{tuple(getattr(value, 'shape', ()))} for a {tuple(sample.shape)} sample"
+            )
+
+
+set_smoke_check("samplers", check_sampler_factory)
+
+
 def make_sampler(name: str, scheduler: SchedulerMixin) -> SchedulerMixin:
     """Build the sampler ``name`` with the same betas as ``scheduler`` (a training scheduler)."""
-    factory = get_sampler(name)
+    entry = provider("samplers", name)
+    factory = get_sampler(name)  # a plugin's is checked on its first use
     betas = torch.as_tensor(scheduler.betas, dtype=torch.float64)
-    return factory({**scheduler.config, "_class_name": type(scheduler).__name__}, betas)
+    try:
+        return factory({**scheduler.config, "_class_name": type(scheduler).__name__}, betas)
+    except Exception as exc:
+        if entry.builtin:
+            raise
+        raise PluginError(
+            f"{entry.who()}: its sampler {name!r} fails to build from this model's scheduler config: "
+            + " ".join(f"{type(exc).__name__}: {exc}".split())
+        ) from exc
 
 
 def resolve_steps(name: str, steps: Any, num_train_timesteps: int) -> int:
@@ -164,6 +230,7 @@ def register_samplers(register):
     # 2.5x the 512-step chain's, N = 200; benchmarks/README.md, "Minimum steps"); one step of any of them is
     # the x_0 predicted from pure noise, which is noise
     register("ddpm", ddpm, default_steps=None, min_steps=12)
+    register("ddpm-seed", ddpm_seed, default_steps=None, min_steps=12)
     register("ddim", ddim, default_steps=50, min_steps=8)
     register("dpm-solver++", dpm_solver_pp, default_steps=20, min_steps=5)
     register("sde-dpm-solver++", sde_dpm_solver_pp, default_steps=20, min_steps=6)

@@ -17,17 +17,18 @@ model never averages them); they are cast to the sample's dtype and device where
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .plugins import get_schedule
-from .schedules import DEFAULT_NUM_TRAIN_TIMESTEPS, check_betas, default_beta_range
+from .schedules import DEFAULT_NUM_TRAIN_TIMESTEPS, check_betas, default_beta_range, schedule_betas
 
 Tensor = torch.Tensor
 
@@ -118,8 +119,9 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
 
     Args:
         num_train_timesteps: T, the number of diffusion steps (seed: ``n_steps = 512``).
-        beta_start, beta_end: ends of the schedule's range. ``None`` means the 1000/T-scaled range
-            ``(1e-4 * 1000 / T, 0.02 * 1000 / T)`` (see ``ddpm_hub.schedules``); the resolved numbers are
+        beta_start, beta_end: ends of the schedule's range. ``None`` means the default range,
+            ``ddpm_hub.schedules.default_beta_range(T)``: ``(1e-4 * 1000 / T, 0.02 * 1000 / T)`` for T >= 100,
+            and for smaller T the range that keeps Ho et al.'s sqrt(alpha_bar_T) = 0.0064; the resolved numbers are
             written back to the config so that other diffusers schedulers built from it use the same betas.
         beta_schedule: the name of a registered schedule (core: ``linear``; plugins add more).
         trained_betas: explicit betas; overrides ``beta_schedule``.
@@ -128,6 +130,14 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
             clamps only the final image).
         prediction_type: what the model predicts: ``epsilon`` (the seed), ``v_prediction`` or ``sample``.
         timestep_spacing, steps_offset: how ``set_timesteps`` picks fewer steps than T, as in diffusers.
+        rescale_betas_zero_snr: only ``False``. Zero terminal SNR (Lin et al. 2023) makes alpha_T = 0, and the
+            seed's reverse step (Ho et al. eq. 11) divides by sqrt(alpha_t); a config that asks for it is
+            refused rather than sampled with other betas than the ones it names.
+
+    A schedule that diffusers' schedulers cannot compute (any registered one but ``linear``, such as a plugin's
+    ``cosine``) is also recorded as ``trained_betas``, so that ``DDIMScheduler.from_config(s.config)`` works
+    and a saved folder holds its exact betas. ``from_config`` of another diffusers scheduler's config keeps
+    that scheduler's T and betas (see ``extract_init_dict``).
     """
 
     _compatibles = [
@@ -153,6 +163,7 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
         prediction_type: str = "epsilon",
         timestep_spacing: str = "leading",
         steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
     ):
         if not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
             raise ValueError(f"num_train_timesteps must be an integer >= 1, got {num_train_timesteps!r}")
@@ -164,6 +175,12 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"variance_type {variance_type!r} is not supported; DDPMHubScheduler samples with the posterior "
                 "variance, variance_type='fixed_small'"
+            )
+        if rescale_betas_zero_snr:
+            raise ValueError(
+                "rescale_betas_zero_snr=True (zero terminal SNR, Lin et al. 2023) is not supported by "
+                "DDPMHubScheduler: it makes alpha_T = 0, where the seed's reverse step divides by sqrt(alpha_t). "
+                "Use diffusers' DDPMScheduler or DDIMScheduler for this config, or set it to False"
             )
         if timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(
@@ -182,15 +199,10 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
                 beta_start = default_start if beta_start is None else beta_start
                 beta_end = default_end if beta_end is None else beta_end
                 self.register_to_config(beta_start=beta_start, beta_end=beta_end)
-            schedule = get_schedule(beta_schedule)
-            betas = check_betas(
-                schedule(num_train_timesteps, beta_start=beta_start, beta_end=beta_end), beta_schedule
-            )
-            if betas.numel() != num_train_timesteps:
-                raise ValueError(
-                    f"schedule {beta_schedule!r} returned {betas.numel()} betas for num_train_timesteps="
-                    f"{num_train_timesteps}"
-                )
+            # checked there; bad betas from a plugin's schedule name the plugin, not this config
+            betas = schedule_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
+            if beta_schedule != "linear":  # diffusers cannot compute it: other schedulers read the betas
+                self.register_to_config(trained_betas=betas.tolist())
 
         # Seed, "Derived Variables" (all float64, shape (T,))
         self.betas = betas
@@ -212,6 +224,56 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.long)
         # (device, dtype) -> (sqrt_alpha_bar, sqrt_one_minus_alpha_bar, alpha_bar), see _tables
         self._table_cache: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
+
+    #: config keys whose values another diffusers scheduler's config keeps even where it left them at that
+    #: class's defaults (T=1000 and 1e-4..0.02 for DDPMScheduler, not ddpm-hub's T=512 and scaled range)
+    SCHEDULE_KEYS = (
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "prediction_type",
+        "clip_sample",
+        "clip_sample_range",
+    )
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        """diffusers' ``extract_init_dict``, except that a config written by another scheduler class keeps its
+        values of ``SCHEDULE_KEYS``: diffusers lists the keys a class left at its defaults in
+        ``_use_default_values`` and drops them, which would fill them with ddpm-hub's defaults. A
+        ``beta_schedule`` that only diffusers computes (``scaled_linear``, ``squaredcos_cap_v2``, its
+        ``sigmoid``) arrives as the ``trained_betas`` diffusers' ``DDPMScheduler`` makes from it."""
+        config_dict = dict(config_dict)
+        own_keys = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        origin = config_dict.get("_class_name")  # only a saved config has it
+        if origin is None:
+            foreign = any(not k.startswith("_") and k not in own_keys for k in config_dict)
+        else:
+            foreign = origin != cls.__name__
+        if foreign:
+            used_defaults = config_dict.get("_use_default_values") or []
+            config_dict["_use_default_values"] = [k for k in used_defaults if k not in cls.SCHEDULE_KEYS]
+            config_dict = cls._foreign_betas(config_dict, kwargs)
+        return super().extract_init_dict(config_dict, **kwargs)
+
+    @staticmethod
+    def _foreign_betas(config: dict, kwargs: dict) -> dict:
+        """``config`` with ``trained_betas`` computed by diffusers when its ``beta_schedule`` is not ``linear``."""
+        merged = {**config, **{k: v for k, v in kwargs.items() if k in DDPMHubScheduler.SCHEDULE_KEYS}}
+        schedule = merged.get("beta_schedule", "linear")
+        if merged.get("trained_betas") is not None or schedule == "linear":
+            return config
+        options = {k: merged[k] for k in ("num_train_timesteps", "beta_start", "beta_end") if k in merged}
+        try:
+            betas = DDPMScheduler(beta_schedule=schedule, **options).betas
+        except NotImplementedError as exc:
+            raise ValueError(
+                f"beta_schedule {schedule!r} of this {config.get('_class_name')} config is not a diffusers "
+                "schedule; give trained_betas, or a DDPMHubScheduler config whose beta_schedule is registered"
+            ) from exc
+        return {**config, "trained_betas": betas.double().tolist()}
 
     # The seed's names, for readers following it line by line.
     alpha = property(lambda self: self.alphas)
@@ -281,8 +343,11 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
         """
         T = self.config.num_train_timesteps
         if timesteps.device.type != "cpu":
-            torch._assert_async(((timesteps >= 0) & (timesteps < T)).all())
-            return
+            try:
+                torch._assert_async(((timesteps >= 0) & (timesteps < T)).all())
+                return
+            except (NotImplementedError, RuntimeError):  # a backend without it: check on the host
+                pass
         if timesteps.numel() and (timesteps.min() < 0 or timesteps.max() >= T):
             raise ValueError(
                 f"timesteps must be in [0, {T - 1}] (num_train_timesteps={T}); got values in "

@@ -53,6 +53,7 @@ from huggingface_hub.utils import validate_repo_id
 from PIL import Image
 
 import ddpm_hub
+from ddpm_hub.conditioning import DEFAULT_GUIDANCE_SCALE
 from ddpm_hub.datasets import BUILTIN_DATASET, BUILTIN_DATASETS
 from ddpm_hub.devices import allow_fast_float32, select_device
 from ddpm_hub.images import make_grid
@@ -67,6 +68,11 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default-model"
 DEFAULT_MODEL_REPO_FILE = Path(__file__).resolve().parent / "default-model-repo.txt"
 #: what the model box shows for the bundled (or operator-chosen) default model
 DEFAULT_MODEL_LABEL = "default (bundled MNIST model)"
+#: the bundled class-conditional model: pick a digit (offered when the folder is there)
+COND_MODEL_DIR = Path(__file__).resolve().parent / "cond-model"
+COND_MODEL_LABEL = "MNIST, pick a digit (bundled class-conditional model)"
+#: the digit picker's choice that asks for no particular class (the model's null class)
+ANY_CLASS = "any"
 #: Hub checkpoints offered in the model box (any other repo id can be typed in)
 PRESETS = ("google/ddpm-cifar10-32",)
 #: env var that lets visitors load folders on this server (off unless set to 1/true/yes)
@@ -75,6 +81,8 @@ ALLOW_LOCAL_ENV = "DDPM_HUB_SPACE_ALLOW_LOCAL"
 CACHED_PIPELINES = 4
 MAX_IMAGES = 16
 MAX_SEED = 2**32 - 1
+#: the guidance slider's top (classifier-free guidance; 1 is none)
+MAX_GUIDANCE = 10.0
 #: the steps slider's hard ceiling before a model is loaded; the model's own T bounds it after
 MAX_STEPS = 1000
 #: steps recorded for the trajectory (every step up to this many, else evenly spaced ones)
@@ -116,7 +124,8 @@ class ModelRef:
     def __str__(self) -> str:
         if self.kind == "hub":
             return self.location + (f"@{self.revision}" if self.revision else "")
-        return Path(self.location).name if Path(self.location) == DEFAULT_MODEL_DIR else self.location
+        bundled = Path(self.location) in (DEFAULT_MODEL_DIR, COND_MODEL_DIR)
+        return Path(self.location).name if bundled else self.location
 
 
 @dataclass
@@ -155,6 +164,8 @@ def resolve_model(
             if revision is None or default.kind != "hub"
             else ModelRef("hub", default.location, revision)
         )
+    if spec == COND_MODEL_LABEL and COND_MODEL_DIR.is_dir():  # bundled by the operator, like the default
+        return ModelRef("local", str(COND_MODEL_DIR))
     try:
         validate_repo_id(spec)
         problem = None
@@ -401,16 +412,22 @@ class Run:
     seconds: float
     command: str = ""
     files: dict[str, str] = field(default_factory=dict)
+    #: class-conditional models: the class asked for (None: any, the null class) and the guidance scale
+    class_name: str | None = None
+    guidance_scale: float | None = None
 
     @property
     def n(self) -> int:
         return len(self.images)
 
     def summary(self) -> str:
+        asked = ""
+        if self.class_name is not None:
+            asked = f" of class **{self.class_name}** (guidance {self.guidance_scale:g})"
         return (
-            f"{self.n} image{'s' if self.n > 1 else ''} from **{self.model.describe()}** (T={self.model.T}) "
-            f"with `{self.sampler}`, {self.steps} steps, seed {self.seed}: {self.seconds:.1f} s on "
-            f"{self.model.pipe.device}."
+            f"{self.n} image{'s' if self.n > 1 else ''}{asked} from **{self.model.describe()}** "
+            f"(T={self.model.T}) with `{self.sampler}`, {self.steps} steps, seed {self.seed}: "
+            f"{self.seconds:.1f} s on {self.model.pipe.device}."
         )
 
 
@@ -423,7 +440,16 @@ def recorded_steps(steps: int) -> set[int]:
     return set(np.linspace(0, steps - 1, min(MAX_FRAMES, steps)).round().astype(int).tolist())
 
 
-def _sample(pipe, *, sampler: str, steps: int, n: int, seed: int) -> Iterator[list[Frame] | torch.Tensor]:
+def _sample(
+    pipe,
+    *,
+    sampler: str,
+    steps: int,
+    n: int,
+    seed: int,
+    class_name: str | None = None,
+    guidance_scale: float | None = None,
+) -> Iterator[list[Frame] | torch.Tensor]:
     """Run the pipeline in a worker thread; yield the recorded frames as they arrive, in batches, then the
     final images (B, C, H, W) in [0, 1]."""
     record = recorded_steps(steps)
@@ -449,6 +475,11 @@ def _sample(pipe, *, sampler: str, steps: int, n: int, seed: int) -> Iterator[li
                 sampler=sampler,
                 output_type="pt",
                 callback_on_step_end=on_step_end,
+                **(
+                    {}
+                    if class_name is None
+                    else {"class_labels": class_name, "guidance_scale": guidance_scale}
+                ),
             ).images
             events.put(images)
         except Exception as exc:  # handed to the consumer, which raises it
@@ -479,8 +510,45 @@ def _sample(pipe, *, sampler: str, steps: int, n: int, seed: int) -> Iterator[li
         stop.set()
 
 
+def check_class(loaded: Loaded, digit, guidance_scale) -> tuple[str | None, float | None]:
+    """The class name and guidance scale to sample with: (None, None) for "any" (or nothing asked); a
+    ``SpaceInputError`` for a class the model does not have, or a class asked of an unconditional model."""
+    digit = ANY_CLASS if digit is None else str(digit).strip()
+    if digit in ("", ANY_CLASS):
+        return None, None
+    names = loaded.pipe.class_names
+    if names is None:
+        raise SpaceInputError(
+            f'{loaded.ref} is not class-conditional, so it cannot draw a chosen class; pick "{ANY_CLASS}" or '
+            f'the model "{COND_MODEL_LABEL}"'
+        )
+    if digit not in names:
+        raise SpaceInputError(f"{loaded.ref} has no class {digit!r}; its classes are {', '.join(names)}")
+    if guidance_scale is None:
+        guidance_scale = DEFAULT_GUIDANCE_SCALE
+    try:
+        guidance_scale = float(guidance_scale)
+    except (TypeError, ValueError):
+        raise SpaceInputError(f"Guidance must be a number, got {guidance_scale!r}") from None
+    if not 0 <= guidance_scale <= MAX_GUIDANCE:
+        raise SpaceInputError(
+            f"Guidance must be between 0 and {MAX_GUIDANCE:g} (1: none), got {guidance_scale:g}"
+        )
+    return digit, guidance_scale
+
+
 def generate_stream(
-    model, revision, sampler, steps, num_images, seed, *, allow_local: bool, default: ModelRef
+    model,
+    revision,
+    sampler,
+    steps,
+    num_images,
+    seed,
+    digit=ANY_CLASS,
+    guidance_scale=None,
+    *,
+    allow_local: bool,
+    default: ModelRef,
 ) -> Iterator[list[Frame] | Run]:
     """Check the request, load the model, sample: yield batches of frames while sampling, then the ``Run``."""
     n = _checked_int("Number of images", num_images, 1, MAX_IMAGES)
@@ -493,10 +561,19 @@ def generate_stream(
         steps = resolve_steps(sampler, steps, loaded.T)
     except ValueError as exc:
         raise SpaceInputError(f"Steps: {exc}") from exc
+    class_name, guidance_scale = check_class(loaded, digit, guidance_scale)
     frames: list[Frame] = []
     start = time.perf_counter()
     try:
-        for item in _sample(loaded.pipe, sampler=sampler, steps=steps, n=n, seed=seed):
+        for item in _sample(
+            loaded.pipe,
+            sampler=sampler,
+            steps=steps,
+            n=n,
+            seed=seed,
+            class_name=class_name,
+            guidance_scale=guidance_scale,
+        ):
             if isinstance(item, list):
                 frames.extend(item)
                 yield item
@@ -505,15 +582,38 @@ def generate_stream(
     except ValueError as exc:  # the pipeline refuses to return a broken image (NaN ...): say so
         raise SpaceInputError(f"Sampling failed: {exc}") from exc
     run = Run(loaded, sampler, steps, seed, images, frames, time.perf_counter() - start)
+    run.class_name, run.guidance_scale = class_name, guidance_scale
     run.command = reproduce_command(run, default)
     yield run
 
 
-def generate(model, revision, sampler, steps, num_images, seed, *, allow_local: bool, default: ModelRef):
-    """Sample ``num_images`` images; return (grid, individual images, trajectory, summary) (the API)."""
+def generate(
+    model,
+    revision,
+    sampler,
+    steps,
+    num_images,
+    seed,
+    digit=ANY_CLASS,
+    guidance_scale=None,
+    *,
+    allow_local: bool,
+    default: ModelRef,
+):
+    """Sample ``num_images`` images (of class ``digit`` with classifier-free guidance ``guidance_scale``, for
+    a class-conditional model); return (grid, individual images, trajectory, summary) (the API)."""
     run = None
     for item in generate_stream(
-        model, revision, sampler, steps, num_images, seed, allow_local=allow_local, default=default
+        model,
+        revision,
+        sampler,
+        steps,
+        num_images,
+        seed,
+        digit,
+        guidance_scale,
+        allow_local=allow_local,
+        default=default,
     ):
         run = item
     picks = np.linspace(0, len(run.frames) - 1, min(API_TRAJECTORY_FRAMES, len(run.frames)))
@@ -572,14 +672,22 @@ def frame_at(frames: list[Frame], step: int) -> Frame:
 def reproduce_command(run: Run, default: ModelRef) -> str:
     """A ``ddpm-hub sample`` line that makes the same grid (the Hub model pinned to the commit used)."""
     ref = run.model.ref
+    fetch = ""
     if ref.kind == "hub":
         model = ref.location
-    elif Path(ref.location) == DEFAULT_MODEL_DIR:
-        model = "spaces/default-model"  # the bundled model, in a ddpm-hub checkout
+    elif Path(ref.location) in (DEFAULT_MODEL_DIR, COND_MODEL_DIR):
+        bundled = Path(ref.location).name
+        space = os.environ.get("SPACE_ID")  # set by Hugging Face Spaces: the bundled model is in its repo
+        if space:
+            folder = space.split("/")[-1]
+            fetch = f"hf download {space} --repo-type space --include '{bundled}/*' --local-dir {folder} && "
+            model = f"{folder}/{bundled}"
+        else:
+            model = f"spaces/{bundled}"  # a bundled model, in a ddpm-hub checkout
     else:
         model = ref.location
     revision = run.model.commit or ref.revision
-    parts = ["ddpm-hub sample", _quote(model)]
+    parts = [fetch + "ddpm-hub sample", _quote(model)]
     if revision:
         parts += ["--revision", revision]
     parts += [
@@ -587,8 +695,10 @@ def reproduce_command(run: Run, default: ModelRef) -> str:
         f"--steps {run.steps}",
         f"--num-images {run.n}",
         f"--seed {run.seed}",
-        "--out grid.png",
     ]
+    if run.class_name is not None:
+        parts += [f"--class {_quote(run.class_name)}", f"--guidance-scale {run.guidance_scale:g}"]
+    parts += ["--out grid.png"]
     return " ".join(parts)
 
 
@@ -812,7 +922,7 @@ def build_demo(
         gr.Markdown(INTRO, elem_id="intro")
         with gr.Row(equal_height=False):
             model = gr.Dropdown(
-                [DEFAULT_MODEL_LABEL, *presets],
+                [DEFAULT_MODEL_LABEL, *([COND_MODEL_LABEL] if COND_MODEL_DIR.is_dir() else []), *presets],
                 value=DEFAULT_MODEL_LABEL,
                 allow_custom_value=True,
                 label="Model",
@@ -866,6 +976,28 @@ def build_demo(
                             maximum=MAX_SEED,
                             min_width=100,
                             elem_id="seed",
+                        )
+                    with gr.Row():  # shown when the model is class-conditional
+                        digit = gr.Dropdown(
+                            [ANY_CLASS],
+                            value=ANY_CLASS,
+                            label="Digit",
+                            info="the class to draw",
+                            allow_custom_value=True,  # the choices are the loaded model's classes
+                            visible=False,
+                            min_width=120,
+                            elem_id="digit",
+                        )
+                        guidance = gr.Slider(
+                            0,
+                            MAX_GUIDANCE,
+                            value=DEFAULT_GUIDANCE_SCALE,
+                            step=0.5,
+                            label="Guidance",
+                            info="1: none; higher: more like the class",
+                            visible=False,
+                            min_width=120,
+                            elem_id="guidance",
                         )
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Column(scale=2, min_width=280):
@@ -1011,8 +1143,8 @@ def build_demo(
             api_schedule = gr.Button()
             api_forward_button = gr.Button()
 
-        def _api_generate(model, revision, sampler, steps, num_images, seed):
-            return generate(model, revision, sampler, steps, num_images, seed, **opts)
+        def _api_generate(model, revision, sampler, steps, num_images, seed, digit, guidance_scale):
+            return generate(model, revision, sampler, steps, num_images, seed, digit, guidance_scale, **opts)
 
         def _api_schedule(model, revision):
             return schedule(model, revision, **opts)
@@ -1022,7 +1154,7 @@ def build_demo(
 
         api_generate.click(
             _api_generate,
-            [model, revision, sampler, steps, num_images, seed],
+            [model, revision, sampler, steps, num_images, seed, digit, guidance],
             [api_grid, api_singles, api_trajectory, api_summary],
             api_name="generate",
         )
@@ -1051,6 +1183,8 @@ def build_demo(
             beta_plot,
             curves_plot,
             schedule_summary,
+            digit,
+            guidance,
         ]
 
         def _on_model_change(model_value, revision_value, sampler_value, t_value, current_value):
@@ -1064,7 +1198,7 @@ def build_demo(
                     gr.update(value=previous_revision),
                     current_value,
                     _message(f"{exc.message.rstrip('.')}. Still using: {still}."),
-                    *[gr.update()] * 5,
+                    *[gr.update()] * 7,
                 )
             T = loaded.T
             low, value, high = step_bounds(sampler_value, T)
@@ -1079,6 +1213,16 @@ def build_demo(
                 gr.update(value=beta_df, x_lim=[0, T]),
                 gr.update(value=curves_df, x_lim=[0, T]),
                 text,
+                *_class_controls(loaded),
+            )
+
+        def _class_controls(loaded: Loaded):
+            """The digit picker and guidance slider: shown, with the model's classes, for a conditional model."""
+            names = loaded.pipe.class_names
+            if names is None:
+                return gr.update(visible=False, value=ANY_CLASS), gr.update(visible=False)
+            return gr.update(visible=True, choices=[ANY_CLASS, *names], value=ANY_CLASS), gr.update(
+                visible=True
             )
 
         model_inputs = [model, revision, sampler, t_slider, current]
@@ -1111,11 +1255,21 @@ def build_demo(
             singles,
         ]
 
-        def _generate_page(model_value, revision_value, sampler_value, steps_value, n, seed_value, index):
+        def _generate_page(
+            model_value, revision_value, sampler_value, steps_value, n, seed_value, digit_value, scale, index
+        ):
             updates = {component: gr.update() for component in run_outputs}
             try:
                 stream = generate_stream(
-                    model_value, revision_value, sampler_value, steps_value, n, seed_value, **opts
+                    model_value,
+                    revision_value,
+                    sampler_value,
+                    steps_value,
+                    n,
+                    seed_value,
+                    digit_value,
+                    scale,
+                    **opts,
                 )
                 try:  # the image followed: the one chosen before, if this run has it
                     index = int(index) - 1 if 1 <= int(index) <= int(n) else 0
@@ -1158,7 +1312,7 @@ def build_demo(
 
         go.click(
             _generate_page,
-            [model, revision, sampler, steps, num_images, seed, follow],
+            [model, revision, sampler, steps, num_images, seed, digit, guidance, follow],
             run_outputs,
             api_visibility="private",
             show_progress="hidden",

@@ -305,6 +305,8 @@ def test_a_conditional_run_trains_with_label_dropout_and_samples_a_class(tmp_pat
         )
         == 0
     )
+    with pytest.raises(SystemExit, match="--guidance-scale needs --class"):
+        cli_main(["sample", str(run), "--guidance-scale", "3", "--sampler", "ddim", "--steps", "4"])
     with pytest.raises(SystemExit, match="--class: unknown class name 'cat'"):
         cli_main(["sample", str(run), "--class", "cat", "--sampler", "ddim", "--steps", "8"])
     with pytest.raises(SystemExit, match="--class-accuracy: .*classes must be the digits 0-9"):
@@ -316,3 +318,59 @@ def test_a_conditional_run_trains_with_label_dropout_and_samples_a_class(tmp_pat
 def test_p_uncond_must_be_a_probability():
     with pytest.raises(ConfigError, match=r"p_uncond must be in \[0, 1\)"):
         config_from_argv(["--p_uncond", "1.5"])
+
+
+# ------------------------------------------------------------------------------------------ the Space
+
+
+def test_the_spaces_digit_picker_draws_the_digit_asked_for(space_url, space_app):
+    """Through gradio_client, as a visitor's page does: the bundled class-conditional model, digit 7."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from ddpm_hub.evaluate import classifier_outputs
+
+    client = Client(space_url, verbose=False)
+    request = dict(
+        model=space_app.COND_MODEL_LABEL, revision="", sampler="sde-dpm-solver++", steps=20, seed=0
+    )
+    grid, singles, _, summary = client.predict(
+        **request, num_images=4, digit="7", guidance_scale=2.0, api_name="/generate"
+    )
+    assert "of class **7** (guidance 2)" in summary and "cond-model" in summary
+    digits = torch.stack(
+        [
+            torch.from_numpy(np.array(Image.open(item["image"]).convert("L").resize((28, 28))))
+            for item in singles
+        ]
+    )
+    predicted = classifier_outputs(digits[:, None].float() / 255)[1].argmax(-1)
+    assert (predicted == 7).sum() >= 3, predicted.tolist()  # the shipped classifier sees sevens
+    # "any" is the null class: no class in the summary; a class the model lacks, or a class asked of the
+    # unconditional default model, is one clear message
+    *_, summary = client.predict(
+        **request, num_images=1, digit="any", guidance_scale=2.0, api_name="/generate"
+    )
+    assert "of class" not in summary
+    with pytest.raises(AppError, match="has no class 'x'; its classes are 0, 1, 2"):
+        client.predict(**request, num_images=1, digit="x", guidance_scale=2.0, api_name="/generate")
+    with pytest.raises(AppError, match="is not class-conditional, so it cannot draw a chosen class"):
+        client.predict(
+            **{**request, "model": ""}, num_images=1, digit="7", guidance_scale=2.0, api_name="/generate"
+        )
+
+
+def test_the_picker_appears_only_for_a_conditional_model_and_the_command_reproduces_it(space_app):
+    default = space_app.ModelRef("local", str(space_app.DEFAULT_MODEL_DIR))
+    cond = space_app.load_model(
+        space_app.resolve_model(space_app.COND_MODEL_LABEL, None, allow_local=False, default=default)
+    )
+    plain = space_app.load_model(default)
+    assert cond.pipe.class_names == [str(d) for d in range(10)] and plain.pipe.class_names is None
+    assert space_app.check_class(cond, "3", None) == ("3", space_app.DEFAULT_GUIDANCE_SCALE)
+    assert space_app.check_class(plain, "any", 5) == (None, None)
+    *_, run = space_app.generate_stream(
+        space_app.COND_MODEL_LABEL, "", "ddim", 4, 1, 0, "3", 1.5, allow_local=False, default=default
+    )
+    assert run.command.endswith("--class 3 --guidance-scale 1.5 --out grid.png")
+    assert "spaces/cond-model" in run.command

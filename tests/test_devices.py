@@ -247,3 +247,23 @@ def test_log_with_takes_accelerate_trackers_lists_and_none():
         ConfigError, match="'tensorbord' is not a tracker accelerate supports; choose from aim,"
     ):
         config_from_argv(["--log_with", "tensorbord"])
+
+
+# --------------------------------------------------------------------------------------- GPU check
+
+
+def test_gpu_check_validates_its_run_without_a_gpu(capsys, only):
+    """benchmarks/gpu_check.py: --dry-run checks the shortened cifar10 config and prints the launch command;
+    without --dry-run on a machine without CUDA it exits 2 with one line."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_check
+
+    only()
+    assert gpu_check.main(["--dry-run", "--steps", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "configs/cifar10.yaml with overrides: OK (200 steps, bf16)" in out
+    assert (
+        "accelerate.commands.launch" in out and "--mixed_precision bf16" in out and "--max_steps 200" in out
+    )
+    assert gpu_check.main(["--output-dir", "unused"]) == 2
+    assert "no CUDA GPU here" in capsys.readouterr().err

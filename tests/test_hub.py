@@ -249,12 +249,12 @@ def test_push_errors_say_what_to_do(hub_server, run_dir, monkeypatch, capsys):
         HubPushError, match="needs a Hub token with write access and the Hub rejected your token"
     ):
         push(run_dir, f"{hub_server.user}/model", token="hf_wrong")
-    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(SystemExit, match="ddpm-hub push: error: .*is not a pipeline folder"):
+        cli_main(["push", str(run_dir / "logs"), "--repo-id", f"{hub_server.user}/model"])
+    monkeypatch.delenv("HF_TOKEN")  # checked first, before the folder and the network
     with pytest.raises(HubPushError, match="you are not logged in: log in with `hf auth login`"):
         push(run_dir, f"{hub_server.user}/model")
     with pytest.raises(SystemExit, match="ddpm-hub push: error: .*you are not logged in"):
-        cli_main(["push", str(run_dir), "--repo-id", f"{hub_server.user}/model"])
-    with pytest.raises(SystemExit, match="ddpm-hub push: error: .*is not a pipeline folder"):
         cli_main(["push", str(run_dir / "logs"), "--repo-id", f"{hub_server.user}/model"])
     with pytest.raises(
         SystemExit, match="ddpm-hub sample: error: 'bad id!' is neither an existing local folder"
@@ -328,6 +328,21 @@ def test_train_with_push_to_hub_then_pull_into_an_empty_cache_gives_the_same_ima
 
     pulled = load_pipeline(repo_id, cache_dir=cache)
     assert torch.equal(sample(pulled), sample(load_pipeline(run)))
+
+
+def test_cli_push_of_a_run_gets_the_commit_message_that_training_gives_it(hub_server, run_dir, tmp_path):
+    """`ddpm-hub push RUN` and training's push_to_hub are one function (hub.push): the default commit message
+    says what the run did, from its train_info.json; a bare pipeline folder gets the generic one."""
+    repo_id = unique_repo(hub_server.user, "cli-message")
+    cli_main(["push", str(run_dir), "--repo-id", repo_id])
+    steps, dataset, loss = (TRAIN_INFO[k] for k in ("num_train_steps", "dataset", "final_loss"))
+    title = HfApi().list_repo_commits(repo_id)[0].title
+    assert title == f"ddpm-hub train: {steps} steps on {dataset}, final loss {loss:.4f}"
+
+    bare = tmp_path / "bare"
+    DDPMHubPipeline(tiny_unet(), DDPMHubScheduler(num_train_timesteps=T)).save_pretrained(bare)
+    push(bare, repo_id)
+    assert HfApi().list_repo_commits(repo_id)[0].title.startswith("Upload DDPM pipeline with ddpm-hub (")
 
 
 def test_push_to_hub_settings_are_checked_before_training(hub_server, tmp_path, monkeypatch):

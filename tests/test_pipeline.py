@@ -31,8 +31,11 @@ def gen(seed=0):
 
 
 @pytest.mark.parametrize("scheduler_cls", [DDPMHubScheduler, DDPMScheduler])
-def test_same_seed_same_images_as_diffusers_ddpm_pipeline(scheduler_cls):
-    """All 512 steps, so the UNet is the smallest real one (8 px, two levels, attention at 4 px)."""
+@pytest.mark.parametrize("clip", [True, False])
+def test_same_seed_same_images_as_diffusers_ddpm_pipeline(scheduler_cls, clip):
+    """Like with like: the default path (``ddpm``, x0 clipped) against DDPMPipeline on a clipping scheduler,
+    the seed's loop (``ddpm-seed``) against a non-clipping one. All 512 steps, so the UNet is the smallest
+    real one (8 px, two levels, attention at 4 px)."""
     torch.manual_seed(0)
     unet = UNet(
         sample_size=8,
@@ -47,12 +50,15 @@ def test_same_seed_same_images_as_diffusers_ddpm_pipeline(scheduler_cls):
     with torch.no_grad():
         for p in unet.parameters():
             p.normal_(std=0.05)
-    scheduler = scheduler_cls.from_config(DDPMHubScheduler().config)
+    scheduler = scheduler_cls.from_config(DDPMHubScheduler().config, clip_sample=clip)
     ours = DDPMHubPipeline(unet=unet, scheduler=scheduler)
     theirs = DDPMPipeline(unet=unet, scheduler=scheduler)
     for p in (ours, theirs):
         p.set_progress_bar_config(disable=True)
-    a = ours(batch_size=2, generator=gen(1), num_inference_steps=512, output_type="np").images
+    sampler = None if clip else "ddpm-seed"
+    a = ours(
+        batch_size=2, generator=gen(1), num_inference_steps=512, output_type="np", sampler=sampler
+    ).images
     b = theirs(batch_size=2, generator=gen(1), num_inference_steps=512, output_type="np").images
     assert np.array_equal(a, b)
     assert a.std() > 0.05  # real images, not a constant
@@ -125,7 +131,8 @@ def test_few_step_samplers_clip_the_predicted_x0():
     ddim, dpm = make_sampler("ddim", ours), make_sampler("dpm-solver++", ours)
     assert ddim.config.clip_sample is True and dpm.config.thresholding is True
     public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
-    assert public(make_sampler("ddpm", ours).config) == public(ours.config)
+    assert public(make_sampler("ddpm-seed", ours).config) == public(ours.config)  # the seed's loop, unclipped
+    assert public(make_sampler("ddpm", ours).config) == {**public(ours.config), "clip_sample": True}
 
     x = torch.randn(2, 1, 8, 8, generator=gen())
     eps_error = 0.2 * torch.randn(2, 1, 8, 8, generator=gen(1))  # an imperfect model's noise prediction
@@ -173,12 +180,12 @@ def test_sde_dpm_solver_draws_fresh_noise_from_the_pipeline_generator(pipe):
 
 def test_samplers_keep_the_training_betas():
     ours = DDPMHubScheduler(beta_start=3e-4, beta_end=0.03)
-    for name in ("ddpm", "ddim", "dpm-solver++", "sde-dpm-solver++"):
+    for name in ("ddpm", "ddpm-seed", "ddim", "dpm-solver++", "sde-dpm-solver++"):
         sampler = make_sampler(name, ours)
         torch.testing.assert_close(
             torch.as_tensor(sampler.alphas_cumprod).double(), ours.alphas_cumprod, rtol=1e-5, atol=1e-7
         )
-    with pytest.raises(ValueError, match=r"unknown sampler 'euler'.*ddim, ddpm, dpm-solver\+\+"):
+    with pytest.raises(ValueError, match=r"unknown sampler 'euler'.*ddim, ddpm, ddpm-seed, dpm-solver\+\+"):
         make_sampler("euler", ours)
 
 
@@ -204,14 +211,14 @@ def test_sampler_registry_entries_carry_default_and_minimum_steps():
     from ddpm_hub.plugins import get_samplers
 
     entries = get_samplers()
-    for name in ("ddpm", "ddim", "dpm-solver++", "sde-dpm-solver++"):
+    for name in ("ddpm", "ddpm-seed", "ddim", "dpm-solver++", "sde-dpm-solver++"):
         entry = entries[name]
         assert entry.min_steps >= 1
         assert entry.default_steps is None or entry.default_steps >= entry.min_steps
     assert entries["ddpm"].default_steps is None  # all T steps: the seed's loop
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm-solver++", "sde-dpm-solver++"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddpm-seed", "ddim", "dpm-solver++", "sde-dpm-solver++"])
 @pytest.mark.parametrize("steps", [0, -5, 2.5, 513, True, "20"])
 def test_bad_step_counts_are_refused_by_every_sampler(pipe, sampler, steps):
     with pytest.raises(ValueError, match="steps"):

@@ -88,7 +88,8 @@ def test_train_save_and_sample_in_a_fresh_process(tmp_path, run_name):
         "beta_schedule": schedule,
     }
     scheduler_config = json.loads((run_dir / "pipeline" / "scheduler" / "scheduler_config.json").read_text())
-    assert scheduler_config["beta_schedule"] == schedule and scheduler_config["trained_betas"] is None
+    assert scheduler_config["beta_schedule"] == schedule  # and its betas, so that diffusers can use them too
+    assert len(scheduler_config["trained_betas"]) == scheduler_config["num_train_timesteps"]
     info = json.loads((run_dir / "train_info.json").read_text())
     assert (info["backbone"], info["beta_schedule"]) == (backbone, schedule)
     assert {"distribution": "ddpm-hub-schedules", "version": version("ddpm-hub-schedules")} in info["plugins"]

@@ -419,3 +419,33 @@ def test_the_training_tables_are_cast_once_per_device_and_dtype():
     assert list(s._table_cache) == [(torch.device("cpu"), torch.float32)]
     half = s._tables("cpu", torch.float64)
     assert half[0].dtype == torch.float64 and len(s._table_cache) == 2
+
+
+def test_timesteps_on_an_accelerator_are_checked_without_a_host_sync(monkeypatch):
+    """On a device other than the CPU the range check is torch._assert_async (no sync per training step);
+    where a backend lacks it, the host check runs instead."""
+    s = DDPMHubScheduler()
+    calls = []
+
+    class FakeDevice:
+        type = "cuda"
+
+    class Steps(torch.Tensor):
+        @property
+        def device(self):
+            return FakeDevice()
+
+    def assert_async(condition):
+        calls.append(bool(condition))
+
+    monkeypatch.setattr(torch, "_assert_async", assert_async)
+    s._check_timesteps(torch.tensor([0, 511]).as_subclass(Steps))
+    s._check_timesteps(torch.tensor([3, 512]).as_subclass(Steps))  # reported by the device, not here
+    assert calls == [True, False]
+
+    def missing(condition):
+        raise NotImplementedError("no _assert_async on this backend")
+
+    monkeypatch.setattr(torch, "_assert_async", missing)
+    with pytest.raises(ValueError, match=r"timesteps must be in \[0, 511\]"):
+        s._check_timesteps(torch.tensor([3, 512]).as_subclass(Steps))

@@ -48,7 +48,16 @@ def test_api_names_are_stable(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(endpoints) == {"/generate", "/schedule", "/forward_process"}
     params = [p["parameter_name"] for p in endpoints["/generate"]["parameters"]]
-    assert params == ["model", "revision", "sampler", "steps", "num_images", "seed"]
+    assert params == [
+        "model",
+        "revision",
+        "sampler",
+        "steps",
+        "num_images",
+        "seed",
+        "digit",
+        "guidance_scale",
+    ]
 
 
 def test_generate_returns_the_requested_images_and_trajectory(client):
@@ -426,7 +435,7 @@ def test_a_fast_run_still_streams_several_pictures(space_app):
     assert len(batches) >= space_app.LIVE_UPDATES and max(len(b) for b in batches) <= 20 // 8
 
 
-def test_the_reproduce_line_makes_the_same_grid(space_app, tmp_path):
+def test_the_reproduce_line_makes_the_same_grid(space_app, tmp_path, monkeypatch):
     import shlex
 
     default = space_app.ModelRef("local", str(space_app.DEFAULT_MODEL_DIR))
@@ -435,6 +444,11 @@ def test_the_reproduce_line_makes_the_same_grid(space_app, tmp_path):
         "ddpm-hub sample spaces/default-model --sampler ddim --steps 8 --num-images 3 --seed 11 --out grid.png"
     )
     argv = shlex.split(run.command.replace("--out grid.png", f"--out {tmp_path / 'grid.png'}"))
+    monkeypatch.setenv("SPACE_ID", "someone/ddpm-space")  # deployed: the line fetches the bundled model first
+    assert space_app.reproduce_command(run, default).startswith(
+        "hf download someone/ddpm-space --repo-type space --include 'default-model/*' --local-dir ddpm-space "
+        "&& ddpm-hub sample ddpm-space/default-model --sampler ddim"
+    )
     repo = space_app.DEFAULT_MODEL_DIR.parents[1]
     subprocess.run(
         [sys.executable, "-m", "ddpm_hub.cli", *argv[1:]], cwd=repo, check=True, capture_output=True
