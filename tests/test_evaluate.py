@@ -141,7 +141,7 @@ def test_cli_eval_reports_json(tiny_pipeline_dir, tmp_path):
     ("args", "message"),
     [
         (["--num-samples", "1"], "--num-samples must be at least 2"),
-        (["--steps", "0"], "--steps: the ddpm sampler takes between 4 and 512 steps for this model"),
+        (["--steps", "0"], "--steps: the ddpm sampler takes between 12 and 512 steps for this model"),
         (["--metric", "inception"], "no Inception-v3 network"),
         (["--dataset", "no/such/data.parquet"], "dataset 'no/such/data.parquet' not found"),
     ],
