@@ -249,7 +249,11 @@ def part2(args, pipe, reference) -> dict:
     is the sampling noise of fd at this N, against which the differences between samplers are read."""
     rows = {}
     T = pipe.scheduler.config.num_train_timesteps
-    sweep = [(n, s) for n, s in STEP_SWEEP if args.samplers is None or f"{n}-{s or T}" in args.samplers]
+    if args.samplers is None:
+        sweep = list(STEP_SWEEP)
+    else:  # NAME-STEPS, e.g. ddpm-512 ddim-50 sde-dpm-solver++-20 (any registered sampler)
+        sweep = [(spec.rsplit("-", 1)[0], int(spec.rsplit("-", 1)[1])) for spec in args.samplers]
+        sweep = [(n, None if s == T and n.startswith("ddpm") else s) for n, s in sweep]
     for name, steps in sweep:
         key = f"{name}-{steps or T}"
         per_seed = [score(pipe, args.num_samples, name, steps, reference, seed) for seed in args.seeds]

@@ -489,9 +489,11 @@ def push(
     exist yet (from ``main``), then uploads in one commit: the pipeline folder (configs and safetensors
     weights), the model card (the folder's ``README.md``, its ``NS/NAME`` placeholder filled in, or one
     written now from the run's ``train_info.json``), ``samples.png`` and ``loss.png``. Stale files inside the
-    component folders are deleted, so that the repo holds exactly the pushed weights. ``license`` replaces the
-    card's ``license:`` (default: keep the card's; ``apache-2.0`` for a new card). Returns huggingface_hub's
-    ``CommitInfo`` (``.oid`` is the commit sha, loadable later with ``load_pipeline(repo_id, revision=sha)``).
+    component folders are deleted, so that the repo holds exactly the pushed weights. The default commit
+    message says what the run did (``ddpm-hub train: STEPS steps on DATASET, final loss LOSS``); training's
+    ``push_to_hub`` pushes through this same function. ``license`` replaces the card's ``license:`` (default:
+    keep the card's; ``apache-2.0`` for a new card). Returns huggingface_hub's ``CommitInfo`` (``.oid`` is the
+    commit sha, loadable later with ``load_pipeline(repo_id, revision=sha)``).
 
     Before anything is created on the Hub: a token must be available (checked first, without the network),
     offline mode must be off, and the card's metadata must pass the license check and the Hub's card
@@ -542,7 +544,7 @@ def push(
                 repo_id=repo_id,
                 folder_path=staging,
                 revision=revision,
-                commit_message=commit_message or f"Upload DDPM pipeline with ddpm-hub ({len(staged)} files)",
+                commit_message=commit_message or _commit_message(read_train_info(run_dir), len(staged)),
                 delete_patterns=[f"{c}/*" for c in components],
             )
         except HfHubHTTPError as exc:
@@ -571,6 +573,16 @@ def _unreachable(repo_id: str, exc: Exception) -> HubPushError:
         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); check your connection "
         "(and HF_ENDPOINT) and push again"
     )
+
+
+def _commit_message(info: dict[str, Any] | None, num_files: int) -> str:
+    """The default commit message: what the run did (steps, data, final loss) when its train_info is there."""
+    if info and {"num_train_steps", "dataset", "final_loss"} <= info.keys():
+        return (
+            f"ddpm-hub train: {info['num_train_steps']} steps on {info['dataset']}, "
+            f"final loss {info['final_loss']:.4f}"
+        )
+    return f"Upload DDPM pipeline with ddpm-hub ({num_files} files)"
 
 
 def _push_error(exc, repo_id: str, token: str | None) -> HubPushError:

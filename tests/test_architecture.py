@@ -42,6 +42,7 @@ LAYERS = {
     "ddpm_hub.evaluate": "evaluation",
     "ddpm_hub.config": "training",
     "ddpm_hub.data": "training",
+    "ddpm_hub.checkpoints": "training",
     "ddpm_hub.train": "training",
     "ddpm_hub.cli": "cli",
 }
@@ -223,8 +224,27 @@ def test_core_modules_import_in_a_fresh_interpreter_without_training_or_gradio(m
     code = (
         f"import sys, {module}; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'gradio' "
-        "or m in ('ddpm_hub.train', 'ddpm_hub.cli', 'ddpm_hub.hub', 'ddpm_hub.config', 'ddpm_hub.evaluate')); "
+        "or m in ('ddpm_hub.train', 'ddpm_hub.checkpoints', 'ddpm_hub.cli', 'ddpm_hub.hub', 'ddpm_hub.config', "
+        "'ddpm_hub.evaluate')); "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+#: the training run reads top to bottom (ARCHITECTURE.md): no function of these files grows past this
+MAX_FUNCTION_LINES = {"train.py": 80, "checkpoints.py": 80}
+
+
+def test_the_training_files_have_no_function_over_80_lines():
+    too_long = []
+    for name, limit in MAX_FUNCTION_LINES.items():
+        tree = ast.parse((PACKAGE / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    too_long.append(f"{name}:{node.lineno} {node.name} ({lines} lines)")
+    assert not too_long, "split these, as train.py's _train calls one step after another: " + ", ".join(
+        too_long
+    )

@@ -158,11 +158,11 @@ def test_guidance_scale_1_equals_the_plain_conditional_output(cond_pipe):
         class_labels=[2, 0],
         guidance_scale=1.0,
         sampler="ddim",
-        num_inference_steps=4,
+        num_inference_steps=8,
         generator=torch.Generator().manual_seed(1),
         output_type="pt",
     ).images
-    assert torch.equal(out, _hand_loop(cond_pipe, [2, 0], 1.0, 4, 1))
+    assert torch.equal(out, _hand_loop(cond_pipe, [2, 0], 1.0, 8, 1))
 
 
 def test_guidance_combines_conditional_and_null_class_outputs(cond_pipe):
@@ -170,20 +170,20 @@ def test_guidance_combines_conditional_and_null_class_outputs(cond_pipe):
         class_labels=["two", "zero"],
         guidance_scale=3.0,
         sampler="ddim",
-        num_inference_steps=4,
+        num_inference_steps=8,
         generator=torch.Generator().manual_seed(1),
         output_type="pt",
     ).images
-    expected = _hand_loop(cond_pipe, [2, 0], 3.0, 4, 1)
+    expected = _hand_loop(cond_pipe, [2, 0], 3.0, 8, 1)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)  # batched vs separate forwards
-    plain = _hand_loop(cond_pipe, [2, 0], 1.0, 4, 1)
+    plain = _hand_loop(cond_pipe, [2, 0], 1.0, 8, 1)
     assert (out - plain).abs().max() > 1e-2  # guidance changed the images
     a, b = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 4.0]])
     assert torch.equal(guide(torch.cat([a, b]), 2.0), b + 2 * (a - b))
 
 
 def test_class_labels_as_an_int_a_name_or_a_list_and_their_errors(cond_pipe):
-    kwargs = dict(sampler="ddim", num_inference_steps=4, output_type="pt")
+    kwargs = dict(sampler="ddim", num_inference_steps=8, output_type="pt")
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     by_id = cond_pipe(batch_size=2, class_labels=1, generator=g(), **kwargs).images
     by_name = cond_pipe(batch_size=2, class_labels="one", generator=g(), **kwargs).images
@@ -273,7 +273,7 @@ def test_a_conditional_run_trains_with_label_dropout_and_samples_a_class(tmp_pat
             "--final_sampler",
             "ddim",
             "--final_inference_steps",
-            "4",
+            "8",
             "--log_with",
             "none",
         ]
@@ -298,7 +298,7 @@ def test_a_conditional_run_trains_with_label_dropout_and_samples_a_class(tmp_pat
                 "--sampler",
                 "ddim",
                 "--steps",
-                "4",
+                "8",
                 "--out",
                 str(tmp_path / "g.png"),
             ]
@@ -308,10 +308,10 @@ def test_a_conditional_run_trains_with_label_dropout_and_samples_a_class(tmp_pat
     with pytest.raises(SystemExit, match="--guidance-scale needs --class"):
         cli_main(["sample", str(run), "--guidance-scale", "3", "--sampler", "ddim", "--steps", "4"])
     with pytest.raises(SystemExit, match="--class: unknown class name 'cat'"):
-        cli_main(["sample", str(run), "--class", "cat", "--sampler", "ddim", "--steps", "4"])
+        cli_main(["sample", str(run), "--class", "cat", "--sampler", "ddim", "--steps", "8"])
     with pytest.raises(SystemExit, match="--class-accuracy: .*classes must be the digits 0-9"):
         cli_main(
-            ["eval", str(run), "--class-accuracy", "--num-samples", "4", "--sampler", "ddim", "--steps", "4"]
+            ["eval", str(run), "--class-accuracy", "--num-samples", "4", "--sampler", "ddim", "--steps", "8"]
         )
 
 

@@ -19,8 +19,8 @@ from test_train import tiny_args as _tiny_args  # noqa: E402
 
 
 def tiny_args(out, *extra):
-    """test_train's tiny run, with step counts every sampler accepts (DDIM and DPM-Solver++ take at least 4)."""
-    return _tiny_args(out, "--sample_inference_steps", "4", "--final_inference_steps", "4", *extra)
+    """test_train's tiny run, with step counts every core sampler but ddpm accepts (ddim takes at least 8)."""
+    return _tiny_args(out, "--sample_inference_steps", "8", "--final_inference_steps", "8", *extra)
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def test_sample_with_an_unavailable_device_is_one_line(only, tmp_path):
 
 def test_sample_says_where_it_sampled(tmp_path, capsys):
     out = tmp_path / "g.png"
-    args = ["sample", "spaces/default-model", "--num-images", "1", "--sampler", "ddim", "--steps", "4"]
+    args = ["sample", "spaces/default-model", "--num-images", "1", "--sampler", "ddim", "--steps", "8"]
     assert cli_main([*args, "--out", str(out), "--device", "cpu"]) == 0
     assert "(sampled on cpu)" in capsys.readouterr().out and out.is_file()
 

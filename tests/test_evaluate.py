@@ -128,11 +128,11 @@ def _cli(*args):
 
 def test_cli_eval_reports_json(tiny_pipeline_dir, tmp_path):
     out = tmp_path / "report.json"
-    r = _cli(tiny_pipeline_dir, "--num-samples", 8, "--sampler", "ddim", "--steps", 4, "--out", out)
+    r = _cli(tiny_pipeline_dir, "--num-samples", 8, "--sampler", "ddim", "--steps", 8, "--out", out)
     assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())
     assert json.loads(r.stdout) == report
-    assert report["num_samples"] == 8 and report["sampler"] == "ddim" and report["steps"] == 4
+    assert report["num_samples"] == 8 and report["sampler"] == "ddim" and report["steps"] == 8
     assert report["reference"] == "mnist5k" and report["num_reference"] == 1000
     assert report["fd"] > 100  # an untrained model makes no digits
 
@@ -141,7 +141,7 @@ def test_cli_eval_reports_json(tiny_pipeline_dir, tmp_path):
     ("args", "message"),
     [
         (["--num-samples", "1"], "--num-samples must be at least 2"),
-        (["--steps", "0"], "--steps: the ddpm sampler takes between 4 and 512 steps for this model"),
+        (["--steps", "0"], "--steps: the ddpm sampler takes between 12 and 512 steps for this model"),
         (["--metric", "inception"], "no Inception-v3 network"),
         (["--dataset", "no/such/data.parquet"], "dataset 'no/such/data.parquet' not found"),
     ],

@@ -275,8 +275,8 @@ def test_round_trip_push_then_pull_into_an_empty_cache_gives_the_same_images(hub
     local = load_pipeline(run_dir)
     assert torch.equal(sample(pulled), sample(local))
     assert torch.equal(
-        sample(pulled, sampler="ddim", num_inference_steps=5),
-        sample(local, sampler="ddim", num_inference_steps=5),
+        sample(pulled, sampler="ddim", num_inference_steps=8),
+        sample(local, sampler="ddim", num_inference_steps=8),
     )
     snapshot = next((cache / f"models--{repo_id.replace('/', '--')}" / "snapshots").iterdir())
     assert not any(p.suffix in (".bin", ".pt", ".pth") for p in snapshot.rglob("*"))
@@ -328,6 +328,21 @@ def test_train_with_push_to_hub_then_pull_into_an_empty_cache_gives_the_same_ima
 
     pulled = load_pipeline(repo_id, cache_dir=cache)
     assert torch.equal(sample(pulled), sample(load_pipeline(run)))
+
+
+def test_cli_push_of_a_run_gets_the_commit_message_that_training_gives_it(hub_server, run_dir, tmp_path):
+    """`ddpm-hub push RUN` and training's push_to_hub are one function (hub.push): the default commit message
+    says what the run did, from its train_info.json; a bare pipeline folder gets the generic one."""
+    repo_id = unique_repo(hub_server.user, "cli-message")
+    cli_main(["push", str(run_dir), "--repo-id", repo_id])
+    steps, dataset, loss = (TRAIN_INFO[k] for k in ("num_train_steps", "dataset", "final_loss"))
+    title = HfApi().list_repo_commits(repo_id)[0].title
+    assert title == f"ddpm-hub train: {steps} steps on {dataset}, final loss {loss:.4f}"
+
+    bare = tmp_path / "bare"
+    DDPMHubPipeline(tiny_unet(), DDPMHubScheduler(num_train_timesteps=T)).save_pretrained(bare)
+    push(bare, repo_id)
+    assert HfApi().list_repo_commits(repo_id)[0].title.startswith("Upload DDPM pipeline with ddpm-hub (")
 
 
 def test_push_to_hub_settings_are_checked_before_training(hub_server, tmp_path, monkeypatch):
@@ -410,7 +425,7 @@ def test_cli_push_then_sample_from_the_repo(hub_server, run_dir, tmp_path, capsy
                 "--num-images",
                 "4",
                 "--steps",
-                "4",
+                "8",
                 "--sampler",
                 "ddim",
                 "--out",

@@ -99,10 +99,10 @@ def test_loads_a_stock_diffusers_ddpm_folder(tmp_path):
     stock = DDPMPipeline.from_pretrained(tmp_path)  # diffusers' own loader, same folder
     stock.set_progress_bar_config(disable=True)
     gen = torch.Generator().manual_seed
-    a = stock(batch_size=1, generator=gen(0), num_inference_steps=5, output_type="np").images
-    b = loaded(batch_size=1, generator=gen(0), num_inference_steps=5, output_type="np").images
+    a = stock(batch_size=1, generator=gen(0), num_inference_steps=12, output_type="np").images
+    b = loaded(batch_size=1, generator=gen(0), num_inference_steps=12, output_type="np").images
     np.testing.assert_array_equal(a, b)
-    images = loaded(batch_size=1, sampler="ddim", num_inference_steps=4, output_type="pt").images
+    images = loaded(batch_size=1, sampler="ddim", num_inference_steps=8, output_type="pt").images
     assert images.shape == (1, 3, 16, 16)
 
 

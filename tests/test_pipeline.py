@@ -65,9 +65,9 @@ def test_same_seed_same_images_as_diffusers_ddpm_pipeline(scheduler_cls, clip):
 
 
 def test_output_types(pipe):
-    pt = pipe(batch_size=2, generator=gen(), num_inference_steps=4, output_type="pt").images
-    np_ = pipe(batch_size=2, generator=gen(), num_inference_steps=4, output_type="np").images
-    pil = pipe(batch_size=2, generator=gen(), num_inference_steps=4, output_type="pil").images
+    pt = pipe(batch_size=2, generator=gen(), num_inference_steps=12, output_type="pt").images
+    np_ = pipe(batch_size=2, generator=gen(), num_inference_steps=12, output_type="np").images
+    pil = pipe(batch_size=2, generator=gen(), num_inference_steps=12, output_type="pil").images
     assert pt.shape == (2, 1, 28, 28) and pt.min() >= 0 and pt.max() <= 1
     assert np_.shape == (2, 28, 28, 1)
     np.testing.assert_array_equal(pt.permute(0, 2, 3, 1).numpy(), np_)
@@ -81,9 +81,9 @@ def test_output_types(pipe):
 
 
 def test_generator_makes_it_reproducible(pipe):
-    a = pipe(batch_size=2, generator=gen(3), num_inference_steps=8, output_type="pt").images
-    b = pipe(batch_size=2, generator=gen(3), num_inference_steps=8, output_type="pt").images
-    c = pipe(batch_size=2, generator=gen(4), num_inference_steps=8, output_type="pt").images
+    a = pipe(batch_size=2, generator=gen(3), num_inference_steps=12, output_type="pt").images
+    b = pipe(batch_size=2, generator=gen(3), num_inference_steps=12, output_type="pt").images
+    c = pipe(batch_size=2, generator=gen(4), num_inference_steps=12, output_type="pt").images
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -96,8 +96,10 @@ def test_callback_sees_every_step_with_sample_and_predicted_x0(pipe, sampler):
         seen.append((i, t, tensors["sample"].shape, tensors["pred_original_sample"].shape))
         return None
 
-    pipe(batch_size=2, generator=gen(), sampler=sampler, num_inference_steps=6, callback_on_step_end=callback)
-    assert [s[0] for s in seen] == list(range(6))
+    pipe(
+        batch_size=2, generator=gen(), sampler=sampler, num_inference_steps=12, callback_on_step_end=callback
+    )
+    assert [s[0] for s in seen] == list(range(12))
     assert seen[0][1] > seen[-1][1]  # timesteps go from T towards 0
     assert all(s[2] == s[3] == (2, 1, 28, 28) for s in seen)
 
@@ -106,7 +108,7 @@ def test_callback_can_replace_the_sample(pipe):
     zeros = pipe(
         batch_size=1,
         generator=gen(),
-        num_inference_steps=4,
+        num_inference_steps=12,
         output_type="pt",
         callback_on_step_end=lambda p, i, t, x: {"sample": torch.zeros_like(x["sample"])},
     ).images
@@ -117,7 +119,7 @@ def test_callback_can_replace_the_sample(pipe):
 def test_any_diffusers_scheduler_built_from_our_config_samples(unet, cls):
     p = DDPMHubPipeline(unet=unet, scheduler=cls.from_config(DDPMHubScheduler().config))
     p.set_progress_bar_config(disable=True)
-    images = p(batch_size=2, generator=gen(), num_inference_steps=10, output_type="pt").images
+    images = p(batch_size=2, generator=gen(), num_inference_steps=12, output_type="pt").images
     assert images.shape == (2, 1, 28, 28) and torch.isfinite(images).all()
 
 
@@ -197,10 +199,10 @@ def test_pipeline_save_load_round_trip(pipe, tmp_path):
     loaded.set_progress_bar_config(disable=True)
     for sampler in (None, "ddim"):
         a = pipe(
-            batch_size=2, generator=gen(), sampler=sampler, num_inference_steps=5, output_type="pt"
+            batch_size=2, generator=gen(), sampler=sampler, num_inference_steps=12, output_type="pt"
         ).images
         b = loaded(
-            batch_size=2, generator=gen(), sampler=sampler, num_inference_steps=5, output_type="pt"
+            batch_size=2, generator=gen(), sampler=sampler, num_inference_steps=12, output_type="pt"
         ).images
         assert torch.equal(a, b)
 

@@ -46,9 +46,9 @@ def write_config(tmp_path, backbone, model, schedule):
         "sample_steps": 1000,
         "num_sample_images": 2,
         "sample_sampler": "ddim",
-        "sample_inference_steps": 5,
+        "sample_inference_steps": 8,
         "final_sampler": "ddim",
-        "final_inference_steps": 5,
+        "final_inference_steps": 8,
         "checkpointing_steps": 1000,
     }
     path = tmp_path / "config.yaml"
@@ -109,9 +109,9 @@ def test_train_save_and_sample_in_a_fresh_process(tmp_path, run_name):
         pipe = ddpm_hub.load_pipeline({str(run_dir)!r})
         print(type(pipe.unet).__module__, type(pipe.unet).__name__, pipe.scheduler.config.beta_schedule)
         images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), sampler="ddim",
-                      num_inference_steps=5, output_type="np").images
+                      num_inference_steps=8, output_type="np").images
         np.save({str(out)!r}, images)
-        sys.exit(main(["sample", {str(run_dir)!r}, "--num-images", "2", "--sampler", "dpm-solver++", "--steps", "4",
+        sys.exit(main(["sample", {str(run_dir)!r}, "--num-images", "2", "--sampler", "dpm-solver++", "--steps", "5",
                        "--out", {str(tmp_path / "grid.png")!r}]))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
@@ -132,7 +132,7 @@ def test_train_save_and_sample_in_a_fresh_process(tmp_path, run_name):
         batch_size=2,
         generator=torch.Generator().manual_seed(0),
         sampler="ddim",
-        num_inference_steps=5,
+        num_inference_steps=8,
         output_type="np",
     ).images
     np.testing.assert_allclose(fresh, here, atol=1e-5)

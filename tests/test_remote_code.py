@@ -101,7 +101,7 @@ def test_stock_diffusers_loads_a_pushed_pipeline_without_ddpm_hub(hub_server, tm
             generator=torch.Generator().manual_seed(0),
             output_type="np",
             sampler="ddim",
-            num_inference_steps=5,
+            num_inference_steps=8,
         ).images,
     }
     result = _run_stock_diffusers(
@@ -125,7 +125,7 @@ def test_stock_diffusers_loads_a_pushed_pipeline_without_ddpm_hub(hub_server, tm
         print(type(pipe).__module__, type(pipe.unet).__module__, type(pipe.scheduler).__module__)
         default = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="np").images
         ddim = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="np", sampler="ddim",
-                    num_inference_steps=5).images
+                    num_inference_steps=8).images
         np.savez("images.npz", default=default, ddim=ddim)
         """,
         tmp_path,
@@ -158,7 +158,7 @@ def test_a_plugin_backbone_and_schedule_travel_too(tmp_path):
         generator=torch.Generator().manual_seed(0),
         output_type="np",
         sampler="ddim",
-        num_inference_steps=5,
+        num_inference_steps=8,
     ).images
     result = _run_stock_diffusers(
         f"""
@@ -168,7 +168,7 @@ def test_a_plugin_backbone_and_schedule_travel_too(tmp_path):
         pipe.set_progress_bar_config(disable=True)
         print(pipe.scheduler.config.beta_schedule)
         np.save("images.npy", pipe(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="np",
-                                   sampler="ddim", num_inference_steps=5).images)
+                                   sampler="ddim", num_inference_steps=8).images)
         """,
         tmp_path,
     )

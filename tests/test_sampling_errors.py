@@ -76,7 +76,7 @@ def gen(seed=0):
 @pytest.mark.parametrize(
     ("sampler", "steps", "words"),
     [
-        ("dpm-solver++", 1000, "between 4 and 32 steps for this model (T=32), got 1000"),
+        ("dpm-solver++", 1000, "between 5 and 32 steps for this model (T=32), got 1000"),
         ("ddim", -5, "got -5"),
         ("ddpm", 0, "got 0"),
     ],
@@ -90,7 +90,7 @@ def test_sample_bad_steps_exit_2_before_sampling(model_dir, tmp_path, capsys, sa
 
 def test_eval_bad_steps_and_unknown_sampler_exit_2(model_dir, capsys):
     code, message = cli(["eval", model_dir, "--steps", 1000, "--num-samples", 2], capsys)
-    assert code == 2 and "--steps: the ddpm sampler takes between 4 and 32 steps" in message
+    assert code == 2 and "--steps: the ddpm sampler takes between 12 and 32 steps" in message
     code, message = cli(["eval", model_dir, "--sampler", "eulr", "--num-samples", 2], capsys)
     assert code == 2 and "--sampler: unknown sampler 'eulr'" in message and "ddim" in message
 
@@ -319,7 +319,7 @@ def test_cli_exit_codes_in_a_real_process(model_dir, tmp_path):
     bad = run("sample", model_dir, "--steps", 1000, "--out", tmp_path / "g.png")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1] == (
-        "ddpm-hub sample: error: --steps: the ddpm sampler takes between 4 and 32 steps for this model (T=32), "
+        "ddpm-hub sample: error: --steps: the ddpm sampler takes between 12 and 32 steps for this model (T=32), "
         "got 1000; its default is 32"
     )
     missing = run("eval", tmp_path / "nothing", "--num-samples", 2)

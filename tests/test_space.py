@@ -18,7 +18,7 @@ from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image
 
-FAST = dict(model="", revision="", sampler="ddim", steps=5, num_images=2, seed=0)
+FAST = dict(model="", revision="", sampler="ddim", steps=8, num_images=2, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +64,11 @@ def test_generate_returns_the_requested_images_and_trajectory(client):
     grid, singles, trajectory, summary = _generate(client, num_images=3)
     assert len(singles) == 3
     assert np.asarray(Image.open(grid)).std() > 5  # the grid is not blank
-    # the trajectory: x_t and the predicted x_0 at each of the 5 steps (up to 6 frames)
+    # the trajectory: x_t and the predicted x_0 at 6 of the 8 steps (API_TRAJECTORY_FRAMES), first and last included
     captions = [item["caption"] for item in trajectory]
-    assert len(captions) == 10
-    assert captions[0] == "x after step 1/5 (t=511)" and captions[1] == "predicted x0 at t=511"
-    assert captions[-2].startswith("x after step 5/5")
+    assert len(captions) == 12
+    assert captions[0] == "x after step 1/8 (t=511)" and captions[1] == "predicted x0 at t=511"
+    assert captions[-2].startswith("x after step 8/8")
     assert "3 images" in summary and "ddim" in summary
 
 
@@ -88,8 +88,10 @@ def test_out_of_range_inputs_give_a_message_not_a_traceback(client):
     assert "minimum value 0" in _error(client, seed=-1)
     # within the slider's range but past this model's T=512: the sampler's registry entry bounds it
     message = _error(client, steps=600)
-    assert "takes between 4 and 512 steps" in message and "T=512" in message
-    assert "minimum value 4" in _error(client, steps=2)  # the samplers' min_steps (4 for the core's)
+    assert "takes between 8 and 512 steps" in message and "T=512" in message
+    assert "minimum value 5" in _error(
+        client, steps=2
+    )  # the lowest of the samplers' min_steps (dpm-solver++'s)
     assert "euler-typo" in _error(client, sampler="euler-typo")
 
 
@@ -212,12 +214,12 @@ def test_pipelines_are_cached(space_app, tmp_path):
 def test_generate_function_matches_the_pipeline(space_app):
     """The app adds no arithmetic: its images are the pipeline's own, for the same seed."""
     default = space_app.ModelRef("local", str(space_app.DEFAULT_MODEL_DIR))
-    _, singles, _, _ = space_app.generate("", "", "dpm-solver++", 4, 2, 3, allow_local=False, default=default)
+    _, singles, _, _ = space_app.generate("", "", "dpm-solver++", 5, 2, 3, allow_local=False, default=default)
     pipe = space_app.load_model(default).pipe
     images = pipe(
         batch_size=2,
         generator=torch.Generator().manual_seed(3),
-        num_inference_steps=4,
+        num_inference_steps=5,
         sampler="dpm-solver++",
         output_type="np",
     ).images
@@ -398,11 +400,11 @@ def test_a_pickle_only_repo_is_refused_with_the_reason(hub_server, client, space
 
 def test_generation_streams_frames_before_the_run(space_app):
     default = space_app.ModelRef("local", str(space_app.DEFAULT_MODEL_DIR))
-    items = list(space_app.generate_stream("", "", "ddim", 6, 2, 0, allow_local=False, default=default))
+    items = list(space_app.generate_stream("", "", "ddim", 8, 2, 0, allow_local=False, default=default))
     *batches, run = items
     assert isinstance(run, space_app.Run) and all(isinstance(b, list) for b in batches)
     frames = [f for b in batches for f in b]
-    assert [f.step for f in frames] == [1, 2, 3, 4, 5, 6] == [f.step for f in run.frames]
+    assert [f.step for f in frames] == [1, 2, 3, 4, 5, 6, 7, 8] == [f.step for f in run.frames]
     assert run.images.shape == (2, 1, 28, 28) and frames[0].x0.shape == (2, 1, 28, 28)
     # x_0 comes from the pipeline's callback: the last frame's x_t is the final image
     final = space_app._to_uint8(torch.from_numpy(frames[-1].sample).float() / 127.5 - 1)
@@ -437,9 +439,9 @@ def test_the_reproduce_line_makes_the_same_grid(space_app, tmp_path, monkeypatch
     import shlex
 
     default = space_app.ModelRef("local", str(space_app.DEFAULT_MODEL_DIR))
-    *_, run = space_app.generate_stream("", "", "ddim", 5, 3, 11, allow_local=False, default=default)
+    *_, run = space_app.generate_stream("", "", "ddim", 8, 3, 11, allow_local=False, default=default)
     assert run.command == (
-        "ddpm-hub sample spaces/default-model --sampler ddim --steps 5 --num-images 3 --seed 11 --out grid.png"
+        "ddpm-hub sample spaces/default-model --sampler ddim --steps 8 --num-images 3 --seed 11 --out grid.png"
     )
     argv = shlex.split(run.command.replace("--out grid.png", f"--out {tmp_path / 'grid.png'}"))
     monkeypatch.setenv("SPACE_ID", "someone/ddpm-space")  # deployed: the line fetches the bundled model first

@@ -47,11 +47,11 @@ def tiny_args(out, *extra):
         "--num_sample_images",
         "2",
         "--sample_inference_steps",
-        "4",
+        "8",
         "--final_sampler",
         "ddim",
         "--final_inference_steps",
-        "4",
+        "8",
         "--checkpointing_steps",
         "2",
         "--log_with",
@@ -107,7 +107,7 @@ def test_ddpm_hub_train_writes_a_run_folder_that_loads_and_samples(tmp_path, cap
         batch_size=2,
         generator=torch.Generator().manual_seed(0),
         sampler="ddim",
-        num_inference_steps=4,
+        num_inference_steps=8,
         output_type="pt",
     ).images
     assert images.shape == (2, 1, 28, 28) and torch.isfinite(images).all()
@@ -121,7 +121,7 @@ def test_ddpm_hub_train_writes_a_run_folder_that_loads_and_samples(tmp_path, cap
                 "--sampler",
                 "ddim",
                 "--steps",
-                "4",
+                "8",
                 "--out",
                 str(tmp_path / "grid.png"),
             ]
