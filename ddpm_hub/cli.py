@@ -154,6 +154,21 @@ def _steps(command: str, pipe, sampler: str | None, steps: int | None) -> int:
         _fail(command, f"{option}: {exc}", 2)
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is running out of memory (CUDA/MPS/XPU's OutOfMemoryError, the CPU allocator's error)."""
+    return isinstance(exc, MemoryError | torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
+
+
+def _fail_memory(command: str, count: int, option: str, device: object) -> NoReturn:
+    _fail(
+        command,
+        f"out of memory generating {count} images at once on {device}: give a smaller {option} "
+        f"(such as {max(1, count // 4)})",
+    )
+
+
 def _add_conditioning(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--class",
@@ -213,6 +228,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         _fail("sample", f"{exc}; nothing was written to {args.out}")
     except ValueError as exc:
         _fail("sample", exc)
+    except (RuntimeError, MemoryError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        _fail_memory("sample", args.num_images, "--num-images", device)
     try:
         make_grid(images).save(args.out)
     except OSError as exc:
@@ -323,6 +342,23 @@ def cmd_space(args: argparse.Namespace) -> int:
         return cmd_deploy_space(args)
     if args.private or args.token:
         raise SystemExit("ddpm-hub space: error: --private and --token go with --deploy NAMESPACE/NAME")
+    if not 1 <= args.port <= 65535:
+        _fail("space", f"--port must be between 1 and 65535, got {args.port}", 2)
+    if args.model:
+        model = Path(args.model).expanduser()
+        local = model.exists() or args.model.startswith((".", "/", "~", "\\"))
+        if not model.is_dir() and (local or (model.parent != Path(".") and model.parent.is_dir())):
+            parent = f" (its parent {model.parent} exists)" if model.parent.is_dir() else ""
+            what = (
+                f"{model} is a file, not a folder"
+                if model.exists()
+                else f"there is no folder {model}{parent}"
+            )
+            _fail(
+                "space",
+                f"--model: {what}: give a pipeline or training run folder, or a Hub repo id (NAMESPACE/NAME)",
+                2,
+            )
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -342,7 +378,13 @@ def cmd_space(args: argparse.Namespace) -> int:
         argv += ["--model", args.model]
     if args.allow_local_paths:
         argv.append("--allow-local-paths")
-    app.main(argv)
+    try:
+        app.main(argv)
+    except app.SpaceInputError as exc:
+        _fail("space", f"--model: {exc}", 2)
+    except OSError as exc:  # the port is taken, or the host cannot be bound
+        _fail("space", f"cannot serve on {args.host}:{args.port} ({exc}); choose another --port or --host")
+    return 0
 
 
 def _add_push(sub: argparse._SubParsersAction) -> None:
@@ -484,6 +526,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     except NonFiniteSampleError as exc:
         _fail("eval", f"{exc}; no score was computed")
+    except (RuntimeError, MemoryError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        _fail_memory("eval", min(args.batch_size, args.num_samples), "--batch-size", device)
     report = evaluate.evaluate_images(images, reference).to_dict()
     if labels is not None:
         report.update(evaluate.class_accuracy(images, labels, pipe.class_names))

@@ -263,6 +263,11 @@ class ImageData:
     labels: torch.Tensor | None = None
     class_names: list[str] | None = None
 
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes of labelled data; None for unlabelled data."""
+        return None if self.class_names is None else len(self.class_names)
+
     def decode(self, index: int) -> torch.Tensor:
         """Image ``index`` as a (C, H, W) uint8 tensor (on-the-fly path)."""
         row = self.dataset[index][self.column]

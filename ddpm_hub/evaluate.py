@@ -42,6 +42,7 @@ import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -122,7 +123,18 @@ def _open_dataset(dataset: str | Path):
         if path.is_file() and path.suffix == ".parquet":
             ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
         elif path.is_dir():
+            if not any(p.suffix.lower() in ImageFolder.EXTENSIONS for p in path.rglob("*") if p.is_file()):
+                raise FileNotFoundError(
+                    f"no images found in {path} (read: .png, .jpg, .jpeg, .webp, .bmp, .gif, .tif and the other "
+                    "formats Pillow opens, in the folder and its subfolders): give a folder of images, a .parquet "
+                    f"file with an image column, or {BUILTIN_DATASET!r}"
+                )
             ds = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
+        elif path.is_file():
+            raise FileNotFoundError(
+                f"dataset {str(dataset)!r} is a file but not a .parquet file: give {BUILTIN_DATASET!r} (the built-in "
+                "MNIST-5k), a .parquet file with an image column, or a folder of images"
+            )
         else:
             raise FileNotFoundError(
                 f"dataset {str(dataset)!r} not found: give {BUILTIN_DATASET!r} (the built-in MNIST-5k), a .parquet "

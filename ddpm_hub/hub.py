@@ -501,16 +501,7 @@ def push(
     offline mode must be off, and the card's metadata must pass the license check and the Hub's card
     validator; otherwise ``HubPushError`` or ``ValueError`` says what to fix.
     """
-    check_push_settings(repo_id, push=False)
-    if not token and get_token() is None:
-        raise HubPushError(
-            f"pushing to {repo_id} needs a Hub token with write access and you are not logged in: log in with "
-            "`hf auth login`, set HF_TOKEN, or pass a token (--token)"
-        )
-    if constants.HF_HUB_OFFLINE:
-        raise HubPushError(
-            f"pushing to {repo_id} needs the Hub, and offline mode is on (HF_HUB_OFFLINE=1): unset HF_HUB_OFFLINE"
-        )
+    _check_can_push(repo_id, token)
     if license is not None:
         check_license(license)
     pipeline_dir, run_dir = resolve_run(run_or_pipeline_dir)
@@ -561,11 +552,29 @@ def push(
         except HfHubHTTPError as exc:
             raise _push_error(exc, repo_id, token) from exc
         except _transport_errors() as exc:
-            raise HubPushError(
-                f"pushing to {repo_id} failed: the Hub ({constants.ENDPOINT}) cannot be reached "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); check your connection "
-                "(and HF_ENDPOINT) and push again"
-            ) from exc
+            raise _unreachable(repo_id, exc) from exc
+
+
+def _check_can_push(repo_id: str, token: str | None) -> None:
+    """A valid repo id, a token and offline mode off (HubPushError/ValueError), checked without the network."""
+    check_push_settings(repo_id, push=False)
+    if not token and get_token() is None:
+        raise HubPushError(
+            f"pushing to {repo_id} needs a Hub token with write access and you are not logged in: log in with "
+            "`hf auth login`, set HF_TOKEN, or pass a token (--token)"
+        )
+    if constants.HF_HUB_OFFLINE:
+        raise HubPushError(
+            f"pushing to {repo_id} needs the Hub, and offline mode is on (HF_HUB_OFFLINE=1): unset HF_HUB_OFFLINE"
+        )
+
+
+def _unreachable(repo_id: str, exc: Exception) -> HubPushError:
+    return HubPushError(
+        f"pushing to {repo_id} failed: the Hub ({constants.ENDPOINT}) cannot be reached "
+        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); check your connection "
+        "(and HF_ENDPOINT) and push again"
+    )
 
 
 def _commit_message(info: dict[str, Any] | None, num_files: int) -> str:
@@ -683,7 +692,7 @@ def deploy_space(
     an earlier deploy that are no longer staged are deleted, so the repo is exactly what this deploy staged.
     ``private`` applies when the Space is created. ``url`` is the Space's page on the Hub.
     """
-    check_push_settings(repo_id, push=False)
+    _check_can_push(repo_id, token)
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="ddpm-hub-space-") as tmp:
         staging = Path(tmp) / "space"
@@ -701,4 +710,6 @@ def deploy_space(
             )
         except HfHubHTTPError as exc:
             raise _push_error(exc, repo_id, token) from exc
+        except _transport_errors() as exc:
+            raise _unreachable(repo_id, exc) from exc
     return url, commit

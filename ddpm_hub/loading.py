@@ -109,14 +109,14 @@ def load_pipeline(
         try:
             folder = download_pipeline(name, revision=revision, token=token, cache_dir=cache_dir)
         except HubLoadError as exc:
-            if path.parent != Path(".") and path.parent.is_dir():  # most likely a mistyped local path
-                raise HubLoadError(
-                    f"there is no folder {path} (its parent {path.parent} exists); read as a Hub repo id: {exc}",
-                    exc.reason,
-                    exc.repo_id,
-                    exc.revision,
-                ) from exc
-            raise
+            # NS/NAME is also a relative path: a mistyped local folder is said first, then the Hub's answer
+            parent = f" (its parent {path.parent} exists)" if path.parent.is_dir() else ""
+            raise HubLoadError(
+                f"there is no folder {path}{parent}; read as a Hub repo id: {exc}",
+                exc.reason,
+                exc.repo_id,
+                exc.revision,
+            ) from exc
         try:
             check_pipeline_folder(folder)
         except FileNotFoundError as exc:

@@ -245,7 +245,7 @@ class Run:
 
     @property
     def num_classes(self) -> int | None:
-        return None if self.data.class_names is None else len(self.data.class_names)
+        return self.data.num_classes
 
     @property
     def global_batch(self) -> int:
@@ -277,8 +277,7 @@ class Run:
 
 def build_run(config: TrainConfig, accelerator, run_dir: Path, scheduler, data: ImageData) -> Run:
     """The model sized to the data, AdamW, the lr schedule and the EMA, prepared by accelerate."""
-    num_classes = None if data.class_names is None else len(data.class_names)
-    model = build_model(config, data.channels, data.image_size, num_classes)
+    model = build_model(config, data.channels, data.image_size, data.num_classes)
     _check_plugins_before_the_run_folder(config, model, scheduler.config.num_train_timesteps)
     num_parameters = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(config, model.parameters())
