@@ -1226,8 +1226,10 @@ def build_demo(
             )
 
         model_inputs = [model, revision, sampler, t_slider, current]
-        for trigger in (model.input, revision.submit, revision.blur):
+        model_events = [
             trigger(_on_model_change, model_inputs, model_outputs, api_visibility="private")
+            for trigger in (model.input, revision.submit, revision.blur)
+        ]
         demo.load(_on_model_change, model_inputs, model_outputs, api_visibility="private")
 
         def _on_sampler_change(model_value, revision_value, sampler_value):
@@ -1384,6 +1386,8 @@ def build_demo(
         redraw = dict(api_visibility="private", show_progress="hidden", trigger_mode="always_last")
         for trigger in (t_slider.change, noise_seed.change, source.change):
             trigger(_forward_page, forward_inputs, forward_outputs, **redraw)
+        for event in model_events:  # another model: its forward process (t may not have moved)
+            event.then(_forward_page, forward_inputs, forward_outputs, **redraw)
         dataset_index.change(lambda: SOURCE_DIGIT, None, source, api_visibility="private").then(
             _forward_page, forward_inputs, forward_outputs, **redraw
         )

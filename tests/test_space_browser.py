@@ -273,3 +273,19 @@ def test_explain_tab(browser, space_url):
     assert page.locator("#source input[value='MNIST-5k digit']").is_checked()
     page.screenshot(path=str(ARTIFACTS / "space-explain.png"), full_page=True)
     page.close()
+
+
+def test_explain_follows_the_model_picked(browser, space_url):
+    """Another model redraws the forward process too (its summary named the previous model while t stayed)."""
+    page = _open(browser, space_url, "desktop")
+    page.get_by_role("tab", name="Explain").click()
+    page.wait_for_function(
+        "document.querySelector('#forward-summary').innerText.includes('model default-model')"
+    )
+    page.click("#model input")
+    page.locator("ul[role=listbox] li", has_text="pick a digit").first.click()
+    page.wait_for_function("document.querySelector('#schedule-summary').innerText.startsWith('cond-model')")
+    page.wait_for_function(
+        "document.querySelector('#forward-summary').innerText.includes('model cond-model')"
+    )
+    page.close()
