@@ -18,8 +18,8 @@ non-clipping config saturates. So ``ddim`` clips x_0 to [-1, 1] and ``dpm-solver
 both use "trailing" timestep spacing so that the first step starts at t = T-1 (Lin et al. 2023).
 
 What limits the deterministic samplers (``ddim``, ``dpm-solver++``) on a briefly trained model is the ODE,
-not clipping, spacing or step count: measured on the default model (benchmarks/README.md, "Samplers on the
-default model"), unclipped DDIM is as bad at 200 steps as at 50 (grey grounds), and the same 50 steps with
+not clipping, spacing or step count: measured on the default model (benchmarks/README.md, "Every core
+sampler on the bundled default model"), unclipped DDIM is as bad at 200 steps as at 50 (grey grounds), and the same 50 steps with
 fresh noise at each step (eta = 1, the ancestral chain) match the 512-step chain. So the stochastic
 samplers (``ddpm``, ``sde-dpm-solver++``) are the quality defaults. ``min_steps`` of each sampler is the
 fewest steps that still give digits there (one step of any sampler is the x_0 predicted from pure noise).
@@ -116,7 +116,8 @@ def ddim(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:
     on the default model (N = 200) unclipped DDIM scores fd 250 at 50 steps and 255 at 200, where the
     stochastic chain with the same 50 steps scores 39-42. Clipping keeps the ODE from its worst; re-deriving
     the noise from the clipped x_0 (``ClippedDDIMScheduler``) takes diffusers' default DDIM step from fd 124
-    to 79 at 50 steps, still about 2x the chain's (benchmarks/README.md, "Samplers on the default model").
+    to 79 at 50 steps, still about 2x the chain's (benchmarks/README.md, "Every core sampler on the bundled
+    default model").
     For the best images in few steps use ``sde-dpm-solver++``; ``ddim`` is for a deterministic map from noise
     to image (same noise, same image, at any step count).
     """
@@ -237,7 +238,8 @@ def resolve_steps(name: str, steps: Any, num_train_timesteps: int) -> int:
 @hookimpl
 def register_samplers(register):
     # min_steps: the fewest steps whose images are still digits on the default model (classifier fd at most
-    # 2.5x the 512-step chain's, N = 200; benchmarks/README.md, "Minimum steps"); one step of any of them is
+    # 2.5x the 512-step chain's, N = 200; benchmarks/README.md, "Minimum steps" under
+    # "Every core sampler on the bundled default model"); one step of any of them is
     # the x_0 predicted from pure noise, which is noise
     register("ddpm", ddpm, default_steps=None, min_steps=12)
     register("ddpm-seed", ddpm_seed, default_steps=None, min_steps=12)
