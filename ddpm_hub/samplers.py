@@ -116,7 +116,7 @@ def ddim(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:
     on the default model (N = 200) unclipped DDIM scores fd 250 at 50 steps and 255 at 200, where the
     stochastic chain with the same 50 steps scores 39-42. Clipping keeps the ODE from its worst; re-deriving
     the noise from the clipped x_0 (``ClippedDDIMScheduler``) takes diffusers' default DDIM step from fd 124
-    to 79 at 50 steps, still about 2x the chain's (benchmarks/README.md, "Every core sampler on the bundled
+    to 79 at 50 steps, still 2-3x the chain's (benchmarks/README.md, "Every core sampler on the bundled
     default model").
     For the best images in few steps use ``sde-dpm-solver++``; ``ddim`` is for a deterministic map from noise
     to image (same noise, same image, at any step count).
