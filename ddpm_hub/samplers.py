@@ -16,6 +16,13 @@ sampler predicts at high t is the model's noise error amplified about 1/sqrt(4e-
 512 small steps a well-trained model's chain recovers from it; a 20- or 50-step sampler copied from a
 non-clipping config saturates. So ``ddim`` clips x_0 to [-1, 1] and ``dpm-solver++`` thresholds it, and
 both use "trailing" timestep spacing so that the first step starts at t = T-1 (Lin et al. 2023).
+
+What limits the deterministic samplers (``ddim``, ``dpm-solver++``) on a briefly trained model is the ODE,
+not clipping, spacing or step count: measured on the default model (benchmarks/README.md, "Every core
+sampler on the bundled default model"), unclipped DDIM is as bad at 200 steps as at 50 (grey grounds), and the same 50 steps with
+fresh noise at each step (eta = 1, the ancestral chain) match the 512-step chain. So the stochastic
+samplers (``ddpm``, ``sde-dpm-solver++``) are the quality defaults. ``min_steps`` of each sampler is the
+fewest steps that still give digits there (one step of any sampler is the x_0 predicted from pure noise).
 """
 
 from __future__ import annotations
@@ -105,10 +112,14 @@ class ClippedDDIMScheduler(DDIMScheduler):
 def ddim(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:
     """DDIM (Song et al. 2021), deterministic (eta=0), x_0 clipped to [-1, 1] and the noise re-derived from it.
 
-    The deterministic probability-flow ODE of a briefly trained model is the limit here, not the solver:
-    on the default model ddim's fd stays about 2.5x the 512-step chain's at 50 or 200 steps (without the
-    clip: 8x). Re-deriving the noise from the clipped x_0 (``ClippedDDIMScheduler``) halves the gap of
-    diffusers' default DDIM step (benchmarks/README.md, "Why the deterministic samplers lag").
+    On a briefly trained model the deterministic probability-flow ODE itself is the limit, not the solver:
+    on the default model (N = 200) unclipped DDIM scores fd 250 at 50 steps and 255 at 200, where the
+    stochastic chain with the same 50 steps scores 39-42. Clipping keeps the ODE from its worst; re-deriving
+    the noise from the clipped x_0 (``ClippedDDIMScheduler``) takes diffusers' default DDIM step from fd 124
+    to 79 at 50 steps, still about 2x the chain's (benchmarks/README.md, "Every core sampler on the bundled
+    default model").
+    For the best images in few steps use ``sde-dpm-solver++``; ``ddim`` is for a deterministic map from noise
+    to image (same noise, same image, at any step count).
     """
     return ClippedDDIMScheduler.from_config(
         _diffusers_config(config, betas),
@@ -227,7 +238,8 @@ def resolve_steps(name: str, steps: Any, num_train_timesteps: int) -> int:
 @hookimpl
 def register_samplers(register):
     # min_steps: the fewest steps whose images are still digits on the default model (classifier fd at most
-    # 2.5x the 512-step chain's, N = 200; benchmarks/README.md, "Minimum steps"); one step of any of them is
+    # 2.5x the 512-step chain's, N = 200; benchmarks/README.md, "Minimum steps" under
+    # "Every core sampler on the bundled default model"); one step of any of them is
     # the x_0 predicted from pure noise, which is noise
     register("ddpm", ddpm, default_steps=None, min_steps=12)
     register("ddpm-seed", ddpm_seed, default_steps=None, min_steps=12)

@@ -370,7 +370,7 @@ def test_the_picker_appears_only_for_a_conditional_model_and_the_command_reprodu
     assert space_app.check_class(cond, "3", None) == ("3", space_app.DEFAULT_GUIDANCE_SCALE)
     assert space_app.check_class(plain, "any", 5) == (None, None)
     *_, run = space_app.generate_stream(
-        space_app.COND_MODEL_LABEL, "", "ddim", 4, 1, 0, "3", 1.5, allow_local=False, default=default
+        space_app.COND_MODEL_LABEL, "", "ddim", 8, 1, 0, "3", 1.5, allow_local=False, default=default
     )
     assert run.command.endswith("--class 3 --guidance-scale 1.5 --out grid.png")
     assert "spaces/cond-model" in run.command

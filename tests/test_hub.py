@@ -211,7 +211,7 @@ def test_the_card_takes_sampler_steps_from_the_registry(run_dir, monkeypatch):
         monkeypatch.setitem(registry, name, dataclasses.replace(registry[name], default_steps=steps))
     text = ModelCard.load(write_model_card(run_dir / "pipeline", TRAIN_INFO)).text
     assert "`sde-dpm-solver++` (11 steps" in text and "`dpm-solver++` (9 steps" in text
-    assert "`ddim` (7 steps" in text and 'sampler="ddim", num_inference_steps=7)' in text
+    assert "`ddim` (7 steps" in text and 'sampler="sde-dpm-solver++", num_inference_steps=11)' in text
 
 
 def test_a_card_written_at_training_time_gets_the_repo_id_when_pushed(hub_server, run_dir):

@@ -219,7 +219,7 @@ TINY_RUN = [
     "--final_sampler",
     "ddim",
     "--final_inference_steps",
-    "4",
+    "8",
     "--log_with",
     "none",
 ]

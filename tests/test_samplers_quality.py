@@ -14,7 +14,7 @@ Thresholds come from measurement on this model (32 images, seeds 0 and 1):
 | sde-dpm-solver++ 20 steps / 6 (its minimum) | 0.73-0.74 / 0.70-0.82 | 0.061 / 0.079-0.082 |
 | dpm-solver++ 20 / 5 | 0.71-0.72 / 0.66-0.68 | 0.098-0.104 / 0.140-0.149 |
 | ddim 50 / 8 | 0.71-0.72 / 0.67-0.70 | 0.111-0.119 / 0.138-0.154 |
-| ddpm 512 (12 images) / 12 | 0.81-0.85 / 0.68-0.71 | 0.055-0.059 / 0.070-0.073 |
+| ddpm, unclipped (now `ddpm-seed`): 512 (12 images) / 12 | 0.81-0.85 / 0.68-0.71 | 0.055-0.059 / 0.070-0.073 |
 
 The deterministic samplers' grounds are greyer (their ODE is the limit on this model, benchmarks/README.md);
 the ceiling admits them with a margin and refuses noise and grey grounds.

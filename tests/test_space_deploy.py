@@ -226,7 +226,7 @@ def test_deployed_space_runs_from_its_own_files(hub_server, tmp_path, capsys):
                     pytest.fail("app.py did not start serving within 300 s")
                 time.sleep(1)
         client = Client(url, verbose=False)
-        grid, singles, _trajectory, summary = client.predict("", "", "ddim", 4, 2, 0, api_name="/generate")
+        grid, singles, _trajectory, summary = client.predict("", "", "ddim", 8, 2, 0, api_name="/generate")
         assert "2 images" in summary and "ddim" in summary, summary
         assert Path(grid).is_file() and len(singles) == 2
         served_from = subprocess.run(
