@@ -266,6 +266,13 @@ def prepare_output_dir(config: TrainConfig, run_dir: Path, main: bool = True) ->
         raise ConfigError(
             f"output_dir {run_dir} is a file, not a folder; choose a folder with --output_dir DIR"
         )
+    run_traces = ("config.yaml", "checkpoints", "pipeline", "train_info.json")
+    if config.resume == "latest" and not any((run_dir / p).exists() for p in run_traces):
+        raise ConfigError(
+            f"resume=latest: there is no run in {run_dir} to continue"
+            f"{'' if run_dir.is_dir() else ' (no such folder)'}; check --output_dir, or drop --resume to start "
+            "a new run there"
+        )
     if main:
         try:
             created = not run_dir.exists()

@@ -550,11 +550,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddpm-hub", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ddpm-hub", description=__doc__, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"ddpm-hub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_sample, _add_train, _add_plugins, _add_push, _add_space, _add_eval):
         add(sub)
+    for command in sub.choices.values():  # `eval --class 3` must not be read as --class-accuracy
+        command.allow_abbrev = False
     return parser
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -239,6 +240,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check values whose type alone does not make them valid."""
+        for key, value in _float_values(self):  # nan passes every comparison below
+            if not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value}")
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed must be in 0..2**32-1 (what numpy and torch accept), got {self.seed}")
         positive = {
@@ -667,3 +671,15 @@ def describe() -> str:
 
     walk(TrainConfig(), "")
     return "\n".join(lines)
+
+
+def _float_values(obj: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(dotted key, value) of every float field of the config dataclass ``obj`` and its nested sections."""
+    found = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            found += _float_values(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float):
+            found.append((f"{prefix}{f.name}", value))
+    return found

@@ -34,7 +34,7 @@ from typing import Any
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData, SpaceCard, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
-from huggingface_hub.utils import HFValidationError, validate_repo_id
+from huggingface_hub.utils import HFValidationError, get_session, hf_raise_for_status, validate_repo_id
 from safetensors import safe_open
 
 from . import __version__
@@ -534,7 +534,7 @@ def push(
 
         try:
             try:
-                card.validate()  # the Hub's own check of the card's metadata, before the repo exists
+                validate_card(card)  # the Hub's own check of the card's metadata, before the repo exists
             except ValueError as exc:
                 raise HubPushError(
                     f"the Hub refused the model card's metadata, so nothing was pushed: {exc}"
@@ -553,6 +553,26 @@ def push(
             raise _push_error(exc, repo_id, token) from exc
         except _transport_errors() as exc:
             raise _unreachable(repo_id, exc) from exc
+
+
+def validate_card(card: ModelCard, repo_type: str = "model") -> None:
+    """The Hub's check of a card's metadata (ValueError when it refuses), asked of the Hub that gets the push.
+
+    huggingface_hub's ``RepoCard.validate`` posts to https://huggingface.co whatever ``HF_ENDPOINT`` says in
+    every version before 2.x (0.34 to 1.x): a push to a private Hub would send its card to the public one, and
+    fail where only the private one is reachable. So this asks ``constants.ENDPOINT``, as 2.x does.
+    """
+    try:
+        response = get_session().post(
+            f"{constants.ENDPOINT}/api/validate-yaml",
+            json={"repoType": repo_type, "content": str(card)},
+            headers={"Accept": "text/plain"},
+        )
+        hf_raise_for_status(response)
+    except HfHubHTTPError as exc:  # some clients raise on the status themselves: read it from the error
+        if getattr(exc.response, "status_code", None) == 400:
+            raise ValueError(exc.response.text) from exc
+        raise
 
 
 def _check_can_push(repo_id: str, token: str | None) -> None:

@@ -112,3 +112,35 @@ def test_space_deploy_checks_token_offline_and_reachability_like_push(hub_server
     code, message = cli(["space", "--deploy", repo_id], capsys)
     assert code == 1 and "the Hub (http://127.0.0.1:9) cannot be reached" in message
     assert ("space", repo_id) not in hub_server.state.repos
+
+
+@pytest.mark.parametrize(
+    "key, text", [("learning_rate", "nan"), ("ema.max_decay", "nan"), ("max_grad_norm", "inf")]
+)
+def test_train_refuses_a_non_finite_number_before_anything(key, text, tmp_path):
+    """nan passed every range check (nan <= 0 is False), and the run died in torch.optim with a traceback."""
+    from ddpm_hub.config import ConfigError, load_config, parse_overrides
+
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=rf"^{key} must be a finite number, got {text}$"):
+        load_config(None, parse_overrides([f"--{key}", text, "--output_dir", str(out)])[1])
+    assert not out.exists()
+
+
+def test_an_abbreviated_option_is_not_taken_for_a_longer_one(capsys):
+    # `eval --class 3` once meant `--class-accuracy` plus a stray 3
+    from ddpm_hub.cli import build_parser
+
+    args, rest = build_parser().parse_known_args(["eval", "spaces/default-model", "--class", "3"])
+    assert not args.class_accuracy
+    assert rest == ["--class", "3"]
+
+
+def test_resume_latest_without_any_run_in_the_folder_is_refused(tmp_path, capsys):
+    from ddpm_hub.cli import main
+
+    missing = tmp_path / "typo"
+    assert main(["train", "--output_dir", str(missing), "--resume", "latest", "--max_steps", "2"]) != 0
+    err = capsys.readouterr().err
+    assert "no run in" in err and "drop --resume" in err
+    assert not missing.exists()

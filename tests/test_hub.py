@@ -458,3 +458,22 @@ def test_loopback_hub_never_sends_a_body_on_head_errors(hub_server):
     response = conn.getresponse()  # the same keep-alive connection still works
     assert json.loads(response.read())["name"] == hub_server.user
     conn.close()
+
+
+def test_the_card_check_asks_the_hub_that_gets_the_push(hub_server, run_dir, monkeypatch):
+    # huggingface_hub before 2.x posts RepoCard.validate to huggingface.co whatever HF_ENDPOINT says
+    import ddpm_hub.hub as hub_module
+
+    asked = []
+    session = hub_module.get_session()  # huggingface_hub's shared client
+    post = session.post
+
+    def recorded(url, *args, **kwargs):
+        asked.append(str(url))
+        return post(url, *args, **kwargs)
+
+    monkeypatch.setattr(session, "post", recorded)
+    repo_id = unique_repo(hub_server.user, "validated")
+    push(run_dir, repo_id)
+    assert {u for u in asked if "validate-yaml" in u} == {f"{hub_server.url}/api/validate-yaml"}
+    assert not [u for u in asked if "huggingface.co" in u]
