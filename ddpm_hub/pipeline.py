@@ -145,6 +145,10 @@ class DDPMHubPipeline(DiffusionPipeline):
             )
         unet_options = ("torch_dtype", "variant", "low_cpu_mem_usage", "device_map")
         unet_kwargs = {k: kwargs.pop(k) for k in unet_options if k in kwargs}
+        # diffusers' default low_cpu_mem_usage=True builds the model inside accelerate's init_empty_weights, which
+        # patches nn.Module.register_parameter process-wide: two loads overlapping in threads (a Space's workers)
+        # can leave it patched for good, and every model made afterwards lands on the meta device
+        unet_kwargs.setdefault("low_cpu_mem_usage", "device_map" in unet_kwargs)
         components = {name: kwargs.pop(name) for name in ("unet", "scheduler") if name in kwargs}
         init_kwargs = {
             k: kwargs.pop(k) for k in list(kwargs) if k in inspect.signature(cls.__init__).parameters

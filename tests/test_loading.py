@@ -283,3 +283,28 @@ def test_ddpm_hub_pipeline_pushed_with_diffusers_push_to_hub_loads(hub_server, c
     repo_id = unique_repo(hub_server.user, "diffusers-push")
     pipe.push_to_hub(repo_id)
     assert torch.equal(sample(load_pipeline(repo_id, cache_dir=cache)), sample(pipe))
+
+
+def test_loading_never_patches_torch_process_wide(tmp_path, monkeypatch):
+    # accelerate's init_empty_weights patches nn.Module.register_parameter for the whole process: two loads
+    # overlapping in a Space's worker threads once left it patched, and every later model was on "meta"
+    import accelerate
+
+    def patched_process_wide(*args, **kwargs):
+        raise AssertionError("load_pipeline used accelerate.init_empty_weights")
+
+    monkeypatch.setattr(accelerate, "init_empty_weights", patched_process_wide)
+    tiny_pipeline().save_pretrained(tmp_path / "pipe")
+    pipe = load_pipeline(tmp_path / "pipe")
+    assert {p.device.type for p in pipe.unet.parameters()} == {"cpu"}
+    assert (
+        UNet(
+            sample_size=8,
+            in_channels=1,
+            base_channels=8,
+            channel_mult=(1,),
+            attention_resolutions=(),
+            norm_num_groups=4,
+        ).conv_in.weight.device.type
+        == "cpu"
+    )
