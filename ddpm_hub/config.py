@@ -44,6 +44,12 @@ from .datasets import BUILTIN_DATASET
 from .hub import check_push_settings
 from .schedules import DEFAULT_NUM_TRAIN_TIMESTEPS
 
+#: what a model trained with the default config predicts: v (Salimans & Ho 2022), not the seed's noise. On the
+#: default run it gives every sampler a lower Frechet distance, and the deterministic ones (ddim, dpm-solver++)
+#: about half of the noise-predicting model's (benchmarks/README.md, "Time to quality"); the seed's recipe is
+#: configs/mnist-seed.yaml (prediction_type: epsilon)
+DEFAULT_PREDICTION_TYPE = "v_prediction"
+
 #: the model of the built-in default (configs/mnist.yaml): 28 px digits, 0.69M parameters, attention at 7x7
 MNIST_MODEL = {
     "base_channels": 16,
@@ -185,6 +191,7 @@ class TrainConfig:
         default_factory=lambda: {
             "num_train_timesteps": DEFAULT_NUM_TRAIN_TIMESTEPS,
             "beta_schedule": "linear",
+            "prediction_type": DEFAULT_PREDICTION_TYPE,
         }
     )
 
@@ -201,9 +208,12 @@ class TrainConfig:
     lr_warmup_steps: int = 100
     #: clip the global gradient norm to this; null: no clipping
     max_grad_norm: float | None = 1.0
-    #: null: the launcher's choice (accelerate launch --mixed_precision / accelerate config, seen as
-    #: ACCELERATE_MIXED_PRECISION), else no; a value here wins over the launcher. fp16 needs a GPU
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
+    #: no, fp16 or bf16 win over the launcher (fp16 needs a GPU). auto (the default): the launcher's choice
+    #: when launched by accelerate (accelerate launch --mixed_precision / accelerate config, seen as
+    #: ACCELERATE_MIXED_PRECISION; its own default is no), else bf16 where the training device computes it
+    #: natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else no. null: the launcher's choice,
+    #: else no (the defaults before auto)
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] | None = "auto"
     #: class-conditional runs: the share of labels replaced by the null class, for classifier-free guidance
     p_uncond: float = 0.1
     #: min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5.0; null: plain MSE, the seed's loss
@@ -607,9 +617,18 @@ def flat_items(config: TrainConfig) -> dict[str, Any]:
     return out
 
 
+def keep_run_precision(saved: TrainConfig, new: TrainConfig) -> TrainConfig:
+    """``new`` with the saved run's precision where ``new`` leaves it to be chosen (``auto`` or null): a run's
+    config.yaml holds the precision it resolved, and a resumed run continues in it on any machine."""
+    if new.mixed_precision in (None, "auto") and saved.mixed_precision not in (None, "auto"):
+        return dataclasses.replace(new, mixed_precision=saved.mixed_precision)
+    return new
+
+
 def resume_changes(saved: TrainConfig, new: TrainConfig) -> list[str]:
     """``key: old -> new`` for every key that differs between a saved run and a resume of it and that
-    resume may not change (see :data:`RESUME_SAFE_KEYS`)."""
+    resume may not change (see :data:`RESUME_SAFE_KEYS`); ``mixed_precision: auto`` keeps the run's."""
+    new = keep_run_precision(saved, new)
     unset = "(not set)"
     old_items, new_items = flat_items(saved), flat_items(new)
     keys = list(old_items) + [k for k in new_items if k not in old_items]
@@ -651,6 +670,7 @@ def config_from_argv(argv: Sequence[str]) -> TrainConfig:
     _apply_layer(resumed, list(overrides))
     for key in ("output_dir", "resume", "overwrite_output_dir"):
         setattr(resumed, key, getattr(config, key))
+    resumed = keep_run_precision(saved, resumed)  # --config configs/mnist.yaml says auto
     check_resume(saved, resumed, saved_file)
     resumed.validate()
     return resumed

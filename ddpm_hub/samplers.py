@@ -18,11 +18,13 @@ non-clipping config saturates. So ``ddim`` clips x_0 to [-1, 1] and ``dpm-solver
 both use "trailing" timestep spacing so that the first step starts at t = T-1 (Lin et al. 2023).
 
 What limits the deterministic samplers (``ddim``, ``dpm-solver++``) on a briefly trained model is the ODE,
-not clipping, spacing or step count: measured on the default model (benchmarks/README.md, "Every core
-sampler on the bundled default model"), unclipped DDIM is as bad at 200 steps as at 50 (grey grounds), and the same 50 steps with
-fresh noise at each step (eta = 1, the ancestral chain) match the 512-step chain. So the stochastic
-samplers (``ddpm``, ``sde-dpm-solver++``) are the quality defaults. ``min_steps`` of each sampler is the
-fewest steps that still give digits there (one step of any sampler is the x_0 predicted from pure noise).
+not clipping, spacing or step count: on the seed's noise-predicting model (benchmarks/README.md, "Every core
+sampler on the bundled default model") unclipped DDIM is as bad at 200 steps as at 50 (grey grounds), and the
+same 50 steps with fresh noise at each step (eta = 1, the ancestral chain) match the 512-step chain. A model
+that predicts v (Salimans & Ho 2022; the default config since then) has a far better ODE: the same solvers
+halve their Frechet distance. The stochastic samplers (``ddpm``, ``sde-dpm-solver++``) stay the quality
+defaults. ``min_steps`` of each sampler is the fewest steps that still give digits (measured on the
+noise-predicting model; one step of any sampler is the x_0 predicted from pure noise).
 """
 
 from __future__ import annotations
@@ -113,11 +115,11 @@ def ddim(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:
     """DDIM (Song et al. 2021), deterministic (eta=0), x_0 clipped to [-1, 1] and the noise re-derived from it.
 
     On a briefly trained model the deterministic probability-flow ODE itself is the limit, not the solver:
-    on the default model (N = 200) unclipped DDIM scores fd 250 at 50 steps and 255 at 200, where the
-    stochastic chain with the same 50 steps scores 39-42. Clipping keeps the ODE from its worst; re-deriving
-    the noise from the clipped x_0 (``ClippedDDIMScheduler``) takes diffusers' default DDIM step from fd 124
-    to 79 at 50 steps, still 2-3x the chain's (benchmarks/README.md, "Every core sampler on the bundled
-    default model").
+    on the seed's noise-predicting default model (N = 200) unclipped DDIM scores fd 250 at 50 steps and 255
+    at 200, where the stochastic chain with the same 50 steps scores 39-42. Clipping keeps the ODE from its
+    worst; re-deriving the noise from the clipped x_0 (``ClippedDDIMScheduler``) takes diffusers' default DDIM
+    step from fd 124 to 79 at 50 steps. The v-predicting default model halves that again (benchmarks/README.md,
+    "Every core sampler on the bundled default model").
     For the best images in few steps use ``sde-dpm-solver++``; ``ddim`` is for a deterministic map from noise
     to image (same noise, same image, at any step count).
     """

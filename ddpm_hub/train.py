@@ -83,9 +83,19 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .conditioning import check_backbone_supports
-from .config import ConfigError, TrainConfig, config_from_argv, describe, tracker_names
+from .config import (
+    ConfigError,
+    TrainConfig,
+    config_from_argv,
+    describe,
+    keep_run_precision,
+    run_config_file,
+    saved_run_config,
+    tracker_names,
+)
 from .data import DataError, ImageData, ShardedBatchSampler, load_images, random_flip
 from .datasets import BUILTIN_DATASET
+from .devices import available_devices, native_bf16
 from .hub import HubPushError, push, write_model_card
 from .images import make_grid
 from .pipeline import DDPMHubPipeline, pipeline_requirements
@@ -116,6 +126,9 @@ def train(config: TrainConfig, dataset=None) -> Path:
     """
     config.validate()
     run_dir = Path(config.output_dir).expanduser().resolve()
+    saved = run_config_file(config) if config.resume else None
+    if saved is not None:  # mixed_precision auto: the run's own precision, not this machine's choice
+        config = keep_run_precision(saved_run_config(saved), config)
     accelerator = make_accelerator(config, run_dir)
     interrupt = _Interrupt()
     try:
@@ -884,11 +897,12 @@ def sampling_pipeline(
 def resolve_mixed_precision(config: TrainConfig) -> tuple[str, str]:
     """The precision to ask accelerate for, and where that choice came from (for the banner and train_info).
 
-    An explicit ``mixed_precision`` in the config wins; unset (null), the launcher's choice holds:
-    ``accelerate launch --mixed_precision`` and the accelerate config file reach the processes as
-    ACCELERATE_MIXED_PRECISION; without either, ``no`` (float32).
+    An explicit ``no``/``fp16``/``bf16`` in the config wins. ``auto`` (the default) and null take the launcher's
+    choice: ``accelerate launch --mixed_precision`` and the accelerate config file reach the processes as
+    ACCELERATE_MIXED_PRECISION. Without a launcher, ``auto`` is ``bf16`` where the training device computes
+    bf16 natively (:func:`ddpm_hub.devices.native_bf16`), else ``no``; null is ``no`` (float32).
     """
-    if config.mixed_precision is not None:
+    if config.mixed_precision not in (None, "auto"):
         return config.mixed_precision, "from the training config"
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
     if launcher:
@@ -897,7 +911,14 @@ def resolve_mixed_precision(config: TrainConfig) -> tuple[str, str]:
             "from the launcher: ACCELERATE_MIXED_PRECISION, set by accelerate launch --mixed_precision or "
             "accelerate config",
         )
-    return "no", "the default: neither the training config nor the launcher sets one"
+    if config.mixed_precision is None:
+        return "no", "null in the training config and no launcher sets one"
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    kind = "cpu" if use_cpu else available_devices()[0]
+    if native_bf16(kind):
+        what = "this CPU has AVX512-BF16 or AMX" if kind == "cpu" else "this GPU computes bf16"
+        return "bf16", f"auto: {what}"
+    return "no", f"auto: no native bf16 on this {kind}, so float32"
 
 
 def precision_that_ran(accelerator) -> str:

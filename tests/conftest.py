@@ -25,6 +25,11 @@ os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{HUB_PORT}"
 os.environ.pop("HF_TOKEN", None)
 os.environ.pop("HUGGING_FACE_HUB_TOKEN", None)
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Training precision: the default config's `auto` trains in bf16 on CPUs with AVX512-BF16 or AMX and in float32
+# elsewhere, and accelerate fixes a process's precision at its first Accelerator. So that every test trains
+# the same numbers on every machine (and in-process runs never meet another precision), the suite stands in
+# for a launcher that asks for float32; the tests of `auto` itself remove it (tests/test_devices.py).
+os.environ["ACCELERATE_MIXED_PRECISION"] = "no"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

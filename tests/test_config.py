@@ -14,11 +14,31 @@ def test_the_builtin_default_is_configs_mnist_yaml():
     assert load_config() == TrainConfig()
 
 
-@pytest.mark.parametrize("name", ["mnist", "cifar10", "butterflies"])
+@pytest.mark.parametrize("name", ["mnist", "mnist-seed", "mnist-cond", "cifar10", "butterflies"])
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / f"{name}.yaml")
     assert config.output_dir == f"runs/{name}"
     assert config.scheduler["num_train_timesteps"] == 512
+
+
+def test_the_seed_config_is_the_default_with_the_seeds_objective_precision_and_chain():
+    """configs/mnist-seed.yaml keeps the seed's recipe runnable: the default's data, model, schedule and
+    optimiser, with the noise as the target, float32 and the seed's unclipped 512-step chain."""
+    import dataclasses
+
+    seed, default = load_config(CONFIGS / "mnist-seed.yaml"), TrainConfig()
+    assert seed.scheduler == {**default.scheduler, "prediction_type": "epsilon"}
+    assert default.scheduler["prediction_type"] == "v_prediction"
+    assert (seed.mixed_precision, seed.final_sampler, seed.lr_scheduler, seed.snr_gamma) == (
+        "no",
+        "ddpm-seed",
+        "constant",
+        None,
+    )
+    different = {
+        f.name for f in dataclasses.fields(TrainConfig) if getattr(seed, f.name) != getattr(default, f.name)
+    }
+    assert different == {"output_dir", "scheduler", "mixed_precision", "final_sampler"}
 
 
 def test_cifar10_config_is_the_ddpm_paper_recipe():
@@ -109,7 +129,7 @@ def test_yaml_1_1_boolean_words_stay_strings_for_string_keys(tmp_path):
         (["--max_steps", "ten"], "bad value for max_steps: 'ten'; allowed: an integer"),
         (
             ["--mixed_precision", "fp8"],
-            "bad value for mixed_precision: 'fp8'; allowed: one of 'no', 'fp16', 'bf16' or null",
+            "bad value for mixed_precision: 'fp8'; allowed: one of 'no', 'fp16', 'bf16', 'auto' or null",
         ),
         (["--data.random_flip", "maybe"], "bad value for data.random_flip: 'maybe'; allowed: true or false"),
         (["--batch_size", "0"], "batch_size must be at least 1, got 0"),

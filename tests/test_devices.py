@@ -209,6 +209,74 @@ def test_the_launchers_precision_holds_unless_the_config_sets_one(tmp_path):
     assert "fp16 was asked for" in outputs["fp16-cpu"][0] and "trains in float32" in outputs["fp16-cpu"][0]
 
 
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\nbugs\t\t: none\n")
+    flags = devices.cpu_flags(cpuinfo)
+    if sys.platform.startswith("linux"):
+        assert {"avx2", "avx512_bf16"} <= flags and "none" not in flags
+    assert devices.cpu_flags(tmp_path / "missing") == set()
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [({"avx2", "fma"}, False), ({"avx512f", "avx512_bf16"}, True), ({"amx_tile", "amx_bf16"}, True)],
+)
+def test_native_bf16_on_the_cpu_follows_its_flags(monkeypatch, flags, native):
+    monkeypatch.setattr(devices, "cpu_flags", lambda: flags)
+    assert devices.native_bf16("cpu") is native
+    assert devices.native_bf16("mps") is False  # not measured there: auto keeps float32
+
+
+@pytest.mark.parametrize(
+    ("value", "launcher", "native", "expected", "source"),
+    [
+        ("auto", None, True, "bf16", "auto: this CPU has AVX512-BF16 or AMX"),
+        ("auto", None, False, "no", "auto: no native bf16 on this cpu, so float32"),
+        ("auto", "fp16", True, "fp16", "from the launcher"),
+        ("auto", "no", True, "no", "from the launcher"),  # accelerate launch's own default is a choice too
+        (None, None, True, "no", "null in the training config"),
+        ("no", "bf16", True, "no", "from the training config"),
+        ("bf16", None, False, "bf16", "from the training config"),
+    ],
+)
+def test_auto_precision_is_the_launchers_else_native_bf16_else_float32(
+    monkeypatch, only, value, launcher, native, expected, source
+):
+    from ddpm_hub import train as train_module
+
+    only()  # no accelerator: the CPU trains
+    if launcher is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher)
+    monkeypatch.setattr(train_module, "native_bf16", lambda kind: native and kind == "cpu")
+    config = config_from_argv(
+        [] if value == "auto" else ["--mixed_precision", "null" if value is None else value]
+    )
+    assert config.mixed_precision == value
+    precision, why = train_module.resolve_mixed_precision(config)
+    assert precision == expected and why.startswith(source)
+
+
+def test_the_default_run_trains_in_bf16_exactly_where_the_cpu_has_it(tmp_path):
+    """No launcher, the default mixed_precision (auto): this machine's own answer, recorded for --resume."""
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_MIXED_PRECISION"}
+    env["OMP_NUM_THREADS"] = "1"
+    out = tmp_path / "run"
+    args = tiny_args(out, "--max_steps", "2", "--sample_steps", "0", "--checkpointing_steps", "0")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ddpm_hub.train", *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((out / "train_info.json").read_text())
+    expected = "bf16" if devices.native_bf16("cpu") else "no"
+    assert info["mixed_precision"] == expected and info["mixed_precision_requested"] == expected
+    assert info["mixed_precision_source"].startswith("auto: ")
+    assert f"mixed precision {expected} (auto: " in proc.stdout
+    assert f"mixed_precision: {expected}" in (out / "config.yaml").read_text()
+
+
 def test_another_precision_in_the_same_process_is_a_clear_error(tmp_path):
     from accelerate import Accelerator
 

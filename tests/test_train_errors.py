@@ -115,6 +115,30 @@ def test_resume_through_the_python_api_checks_the_saved_config_too(run_copy):
         train(config)
 
 
+def test_resume_with_mixed_precision_auto_continues_in_the_runs_own_precision(run_copy, monkeypatch):
+    """config.yaml holds the precision the run resolved ("no" here); ``auto`` (configs/mnist.yaml's, the Python
+    API's default) continues in it even where this machine's auto would choose bf16; bf16 asked for stops."""
+    import dataclasses
+
+    from ddpm_hub import train as train_module
+    from ddpm_hub.config import saved_run_config
+
+    assert yaml.safe_load((run_copy / "config.yaml").read_text())["mixed_precision"] == "no"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.setattr(train_module, "native_bf16", lambda kind: True)  # auto alone would be bf16 here
+    auto = {**yaml.safe_load((run_copy / "config.yaml").read_text()), "mixed_precision": "auto"}
+    (run_copy.parent / "auto.yaml").write_text(yaml.safe_dump(auto))
+    resume = ["--resume", "latest", "--output_dir", str(run_copy)]
+    assert config_from_argv(["--config", str(run_copy.parent / "auto.yaml"), *resume]).mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision: 'no' -> 'bf16'"):
+        config_from_argv([*resume, "--mixed_precision", "bf16"])
+
+    saved = saved_run_config(run_copy / "config.yaml")
+    train(dataclasses.replace(saved, mixed_precision="auto", resume="latest", max_steps=6))
+    info = json.loads((run_copy / "train_info.json").read_text())
+    assert (info["num_train_steps"], info["mixed_precision"]) == (6, "no")
+
+
 def test_resume_with_another_model_size_and_no_saved_config_is_one_line(run_copy):
     (run_copy / "config.yaml").unlink()
     args = tiny_args(run_copy, "--seed", "3", "--resume", "latest", "--model.base_channels", "24")
