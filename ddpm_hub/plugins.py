@@ -246,6 +246,8 @@ def _disable(store: dict[str, Disabled], plugin: str, reason: str, names: dict[s
 
 #: disabled plugins not warned about yet
 _unwarned: list[Disabled] = []
+#: DDPM_HUB_LOAD_PLUGINS names already warned about as unknown (load_plugins runs more than once per command)
+_warned_unknown: set[tuple[str, ...]] = set()
 
 
 def _warn_disabled() -> None:
@@ -315,7 +317,8 @@ def _load_entry_points() -> list[Disabled]:
                 pm.unregister(name=ep.name)
             disabled.append(_disable(_disabled_at_load, ep.name, problem))
     unknown = sorted((names or set()) - {_normalize(n) for ep, d, _ in found for n in (ep.name, d)})
-    if unknown:
+    if unknown and tuple(unknown) not in _warned_unknown:
+        _warned_unknown.add(tuple(unknown))
         warnings.warn(
             f"DDPM_HUB_LOAD_PLUGINS names {', '.join(unknown)}, which no installed ddpm-hub plugin is called "
             f"(installed: {', '.join(sorted(by_name)) or 'none'})",
