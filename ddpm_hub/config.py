@@ -627,8 +627,7 @@ def keep_run_precision(saved: TrainConfig, new: TrainConfig) -> TrainConfig:
 
 def resume_changes(saved: TrainConfig, new: TrainConfig) -> list[str]:
     """``key: old -> new`` for every key that differs between a saved run and a resume of it and that
-    resume may not change (see :data:`RESUME_SAFE_KEYS`); ``mixed_precision: auto`` keeps the run's."""
-    new = keep_run_precision(saved, new)
+    resume may not change (see :data:`RESUME_SAFE_KEYS`). Callers first apply :func:`keep_run_precision`."""
     unset = "(not set)"
     old_items, new_items = flat_items(saved), flat_items(new)
     keys = list(old_items) + [k for k in new_items if k not in old_items]

@@ -16,9 +16,6 @@ float32, and with it it is 1.24-1.41x faster per step (benchmarks/README.md).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps", "xpu")
@@ -75,30 +72,18 @@ def allow_fast_float32(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-#: /proc/cpuinfo flags of x86 CPUs that compute bf16 matrix products natively
-NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
-    """The CPU's feature flags as Linux lists them (an empty set elsewhere or when unreadable)."""
-    if not sys.platform.startswith("linux"):
-        return set()
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+#: torch's own CPU feature checks (``torch.cpu``, through the cpuinfo library) for native bf16 matrix products:
+#: AVX512-BF16, or AMX (whose tiles compute bf16); a torch without them is taken as "no native bf16"
+NATIVE_BF16_CPU_CHECKS = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 
 
 def native_bf16(kind: str) -> bool:
     """Whether training on a device of this kind (``cpu``, ``cuda``, ...) computes bf16 natively: a CUDA GPU
-    with bf16 support, or a Linux x86 CPU with AVX512-BF16 or AMX. Other devices (MPS, XPU, ARM CPUs) are not
+    with bf16 support, or an x86 CPU with AVX512-BF16 or AMX. Other devices (MPS, XPU, ARM CPUs) are not
     measured here, so ``auto`` keeps them in float32."""
     if kind == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if kind == "cpu":
-        return any(flag in cpu_flags() for flag in NATIVE_BF16_CPU_FLAGS)
+        checks = (getattr(torch.cpu, name, None) for name in NATIVE_BF16_CPU_CHECKS)
+        return any(check() for check in checks if check is not None)
     return False

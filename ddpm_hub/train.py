@@ -126,7 +126,7 @@ def train(config: TrainConfig, dataset=None) -> Path:
     """
     config.validate()
     run_dir = Path(config.output_dir).expanduser().resolve()
-    saved = run_config_file(config) if config.resume else None
+    saved = run_config_file(config)
     if saved is not None:  # mixed_precision auto: the run's own precision, not this machine's choice
         config = keep_run_precision(saved_run_config(saved), config)
     accelerator = make_accelerator(config, run_dir)
