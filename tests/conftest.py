@@ -62,7 +62,6 @@ def tiny_unet_kwargs():
 def space_app():
     """spaces/app.py as a module."""
     import importlib.util
-    import sys
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "spaces" / "app.py"
@@ -104,8 +103,7 @@ def space_url(launch_space):
 
 @pytest.fixture(scope="session")
 def _hub_server_session():
-    sys.path.insert(0, os.path.dirname(__file__))
-    from hub_server import HubServer
+    from hub_server import HubServer  # tests/ is on sys.path (pyproject: pythonpath)
 
     with HubServer(port=HUB_PORT) as server:
         yield server

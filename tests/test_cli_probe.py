@@ -7,20 +7,10 @@ import os
 
 import pytest
 import torch
+from helpers import cli
 
 from ddpm_hub import DDPMHubPipeline, DDPMHubScheduler, UNet
 from ddpm_hub.cli import main as cli_main
-
-
-def cli(args, capsys) -> tuple[int, str]:
-    """Run `ddpm-hub ARGS` in-process: (exit code, the error line). A SystemExit carrying a message exits 1."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        cli_main([str(a) for a in args])
-    code = info.value.code
-    if isinstance(code, str):
-        return 1, code
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture

@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_args as _tiny_args
 
 from ddpm_hub import devices
 from ddpm_hub.cli import main as cli_main
 from ddpm_hub.config import ConfigError, config_from_argv
-
-sys.path.insert(0, os.path.dirname(__file__))
-from test_train import tiny_args as _tiny_args  # noqa: E402
 
 
 def tiny_args(out, *extra):

@@ -4,51 +4,19 @@ Hub of tests/hub_server.py (the ``hub_server`` fixture)."""
 from __future__ import annotations
 
 import http.client
-import itertools
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import sample, tiny_unet, unique_repo
 from huggingface_hub import HfApi, ModelCard
 
-from ddpm_hub import DDPMHubPipeline, DDPMHubScheduler, UNet, load_pipeline
+from ddpm_hub import DDPMHubPipeline, DDPMHubScheduler, load_pipeline
 from ddpm_hub.cli import main as cli_main
 from ddpm_hub.hub import HubPushError, push, write_model_card
 
 T = 32  # diffusion steps: small enough that sampling the full reverse loop takes well under a second
-_names = itertools.count()
-
-
-def unique_repo(user: str, stem: str) -> str:
-    return f"{user}/{stem}-{os.getpid()}-{next(_names)}"
-
-
-def tiny_unet(seed: int = 0) -> UNet:
-    torch.manual_seed(seed)
-    unet = UNet(
-        sample_size=8,
-        in_channels=1,
-        base_channels=8,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(4,),
-        dropout=0.0,
-        norm_num_groups=4,
-    )
-    with torch.no_grad():  # the output layer starts at zero: perturb all weights so that models differ
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return unet
-
-
-def sample(pipe, seed: int = 0, **kwargs) -> torch.Tensor:
-    return pipe(
-        batch_size=2, generator=torch.Generator().manual_seed(seed), output_type="pt", **kwargs
-    ).images
-
-
 TRAIN_INFO = {
     "dataset": "mnist5k",
     "image_size": 8,
@@ -74,7 +42,7 @@ TRAIN_INFO = {
 def make_run(root: Path, seed: int = 0) -> Path:
     """A training run folder as `ddpm-hub train` lays it out, with things a push must leave behind."""
     run = root / f"run-{seed}"
-    DDPMHubPipeline(tiny_unet(seed), DDPMHubScheduler(num_train_timesteps=T)).save_pretrained(
+    DDPMHubPipeline(tiny_unet(seed=seed), DDPMHubScheduler(num_train_timesteps=T)).save_pretrained(
         run / "pipeline"
     )
     from PIL import Image

@@ -6,49 +6,23 @@ tests/hub_server.py (the ``hub_server`` fixture), so that loading is tested with
 
 from __future__ import annotations
 
-import itertools
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from helpers import sample, tiny_unet, unique_repo
 from huggingface_hub import HfApi
 
 from ddpm_hub import DDPMHubPipeline, DDPMHubScheduler, UNet, load_pipeline
 from ddpm_hub.loading import PICKLE_SUFFIXES, HubLoadError, check_repo_files
 
 T = 32  # diffusion steps: the full reverse loop of a tiny UNet takes well under a second
-_names = itertools.count()
-
-
-def unique_repo(user: str, stem: str) -> str:
-    return f"{user}/{stem}-{os.getpid()}-{next(_names)}"
 
 
 def tiny_pipeline(seed: int = 0) -> DDPMHubPipeline:
-    torch.manual_seed(seed)
-    unet = UNet(
-        sample_size=8,
-        in_channels=1,
-        base_channels=8,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(4,),
-        dropout=0.0,
-        norm_num_groups=4,
-    )
-    with torch.no_grad():  # the output layer starts at zero: perturb all weights so that models differ
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return DDPMHubPipeline(unet, DDPMHubScheduler(num_train_timesteps=T))
-
-
-def sample(pipe, seed: int = 0, **kwargs) -> torch.Tensor:
-    return pipe(
-        batch_size=2, generator=torch.Generator().manual_seed(seed), output_type="pt", **kwargs
-    ).images
+    return DDPMHubPipeline(tiny_unet(seed=seed), DDPMHubScheduler(num_train_timesteps=T))
 
 
 def upload(repo_id: str, folder: Path, private: bool = False):

@@ -12,9 +12,11 @@ import sys
 import warnings
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from helpers import cli
 
 from ddpm_hub import DDPMHubPipeline, DDPMHubScheduler, UNet, load_pipeline
 from ddpm_hub.cli import main as cli_main
@@ -25,22 +27,7 @@ T = 32
 
 
 def tiny_unet(in_channels: int = 1, seed: int = 0, perturb: bool = True) -> UNet:
-    torch.manual_seed(seed)
-    unet = UNet(
-        sample_size=8,
-        in_channels=in_channels,
-        base_channels=8,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(4,),
-        dropout=0.0,
-        norm_num_groups=4,
-    )
-    if perturb:  # the output conv starts at zero: a fresh UNet predicts eps = 0
-        with torch.no_grad():
-            for p in unet.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
-    return unet.eval()
+    return helpers.tiny_unet(in_channels, seed, perturb).eval()
 
 
 def quiet(pipe):
@@ -53,17 +40,6 @@ def model_dir(tmp_path) -> Path:
     path = tmp_path / "model"
     DDPMHubPipeline(tiny_unet(), DDPMHubScheduler(num_train_timesteps=T)).save_pretrained(path)
     return path
-
-
-def cli(args, capsys) -> tuple[int, str]:
-    """Run `ddpm-hub ARGS` in-process: (exit code, the error line). A SystemExit carrying a message exits 1."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        cli_main([str(a) for a in args])
-    code = info.value.code
-    if isinstance(code, str):
-        return 1, code
-    return code, capsys.readouterr().err
 
 
 def gen(seed=0):

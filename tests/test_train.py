@@ -13,51 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_args
 from safetensors.torch import load_file
 
 from ddpm_hub import load_pipeline
 from ddpm_hub.cli import main as cli_main
 from ddpm_hub.config import config_from_argv
 from ddpm_hub.train import NonFiniteLossError, list_checkpoints, resolve_checkpoint, train
-
-TINY_MODEL = (
-    "{base_channels: 16, channel_mult: [1, 2], num_res_blocks: 1, attention_resolutions: [14], "
-    "dropout: 0.0, norm_num_groups: 8}"
-)
-
-
-def tiny_args(out, *extra):
-    return [
-        "--output_dir",
-        str(out),
-        "--model",
-        TINY_MODEL,
-        "--data.max_samples",
-        "64",
-        "--data.num_workers",
-        "0",
-        "--batch_size",
-        "4",
-        "--max_steps",
-        "4",
-        "--logging_steps",
-        "1",
-        "--sample_steps",
-        "2",
-        "--num_sample_images",
-        "2",
-        "--sample_inference_steps",
-        "8",
-        "--final_sampler",
-        "ddim",
-        "--final_inference_steps",
-        "8",
-        "--checkpointing_steps",
-        "2",
-        "--log_with",
-        "none",
-        *extra,
-    ]
 
 
 def unet_weights(run):

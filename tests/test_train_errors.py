@@ -16,27 +16,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import tiny_args
 from PIL import Image
 
 from ddpm_hub.cli import main as cli_main
 from ddpm_hub.config import ConfigError, DataConfig, config_from_argv, load_config
 from ddpm_hub.data import load_images
 from ddpm_hub.train import CheckpointError, list_checkpoints, train
-
-
-def _tiny_args():
-    """tests/test_train.py's tiny run (imported by path: the tests folder is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "_ddpm_hub_test_train", Path(__file__).with_name("test_train.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.tiny_args
-
-
-tiny_args = _tiny_args()
 
 
 def error_lines(err: str) -> list[str]:
