@@ -299,11 +299,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--samplers", nargs="+", default=None, help="part 2: only these, e.g. ddpm-512 sde-dpm-solver++-20"
     )
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--device", default="cpu", help="part 2: sample on this device (cpu, cuda)")
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
     reference = evaluate.Reference.from_dataset("mnist5k")
-    result = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}
+    result = {"machine": machine(args.device), "args": {k: str(v) for k, v in vars(args).items()}}
     print(json.dumps(result["machine"]), flush=True)
     if args.pipeline is None:
         result["wall_time"], run = part1(args, reference)
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         from ddpm_hub import load_pipeline
 
-        pipe = load_pipeline(args.pipeline)
+        pipe = load_pipeline(args.pipeline).to(args.device)
         pipe.set_progress_bar_config(disable=True)
     if not args.skip_steps:
         result["sampler_steps"] = part2(args, pipe, reference)

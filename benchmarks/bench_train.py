@@ -11,6 +11,11 @@ the model, optimizer and data are built) of two training steps, minus the RSS be
 
     python benchmarks/bench_train.py                     # default config, all variants
     python benchmarks/bench_train.py --batch-size 64 --reps 5 --compile --json train.json
+    python benchmarks/bench_train.py --device cuda --unet cifar10 --batch-size 128 --reps 10 --steps-per-rep 10
+
+``--device cuda``: the same on a GPU (timings end with a device synchronize; peak memory is the CUDA caching
+allocator's ``max_memory_allocated`` growth over two steps, in-process). ``--unet cifar10``: the 35.7M-parameter
+model of configs/cifar10.yaml (32 px, 3 channels) instead of the default MNIST one.
 
 ``--precision-runs N``: instead, the real training command (``python -m ddpm_hub.train``, the default config,
 batch 64) N times in float32 and N times in bf16 (ACCELERATE_MIXED_PRECISION, accelerate's autocast),
@@ -34,14 +39,18 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DEFAULT_UNET, build, interleaved, machine, matmul_peak, median  # noqa: E402
+from common import CIFAR10_UNET, DEFAULT_UNET, build, interleaved, machine, matmul_peak, median  # noqa: E402
+
+UNETS = {"default": DEFAULT_UNET, "cifar10": CIFAR10_UNET}
 
 #: fast-path pieces; each variant is a set of them on top of the textbook step
 PIECES = ("no_sync", "foreach", "fused", "channels_last", "bf16", "compile")
 
 
 def flops_per_image(model: torch.nn.Module, batch: int, size: int, channels: int) -> float:
-    x, t = torch.randn(batch, channels, size, size), torch.randint(0, 512, (batch,))
+    device = next(model.parameters()).device
+    x = torch.randn(batch, channels, size, size, device=device)
+    t = torch.randint(0, 512, (batch,), device=device)
     counter = FlopCounterMode(display=False)
     with counter:
         F.mse_loss(model(x, t).sample, x).backward()
@@ -52,11 +61,13 @@ def flops_per_image(model: torch.nn.Module, batch: int, size: int, channels: int
 class Trainer:
     """One model + optimizer + the step of a variant; steps through a fixed list of batches."""
 
-    def __init__(self, model: torch.nn.Module, pieces: set[str], batches: list, scheduler):
+    def __init__(self, model: torch.nn.Module, pieces: set[str], batches: list, scheduler, device="cpu"):
         unknown = pieces - set(PIECES)
         if unknown:
             raise ValueError(f"unknown fast-path pieces {sorted(unknown)}; choose from {PIECES}")
         self.pieces, self.batches, self.scheduler = pieces, batches, scheduler
+        self.device = torch.device(device)
+        model = model.to(self.device)
         self.model = model.to(memory_format=torch.channels_last) if "channels_last" in pieces else model
         opt_kwargs = (
             {"foreach": True} if "foreach" in pieces else {"fused": True} if "fused" in pieces else {}
@@ -72,7 +83,7 @@ class Trainer:
         xt = self.scheduler.add_noise(x0, noise, t)
         if "channels_last" in self.pieces:
             xt = xt.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in self.pieces):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled="bf16" in self.pieces):
             pred = self.forward(xt, t).sample
         loss = F.mse_loss(pred.float(), noise)
         self.opt.zero_grad(set_to_none=True)
@@ -85,18 +96,19 @@ class Trainer:
         return [float(v) for v in self.losses]
 
 
-def make_batches(n: int, batch: int, unet_kwargs: dict, seed: int = 0) -> list:
+def make_batches(n: int, batch: int, unet_kwargs: dict, seed: int = 0, device="cpu") -> list:
     from ddpm_hub.evaluate import load_images
 
     g = torch.Generator().manual_seed(seed)
     data = load_images("mnist5k", range(0, n * batch)) * 2 - 1  # pre-decoded tensors: loading is not timed
     c, s = unet_kwargs["in_channels"], unet_kwargs["sample_size"]
+    data = torch.nn.functional.interpolate(data, size=(s, s)) if data.shape[-1] < s else data
     data = data.expand(-1, c, -1, -1)[:, :, :s, :s].contiguous()
     return [
         (
-            data[i * batch : (i + 1) * batch],
-            torch.randn(batch, c, s, s, generator=g),
-            torch.randint(0, 512, (batch,), generator=g),
+            data[i * batch : (i + 1) * batch].to(device),
+            torch.randn(batch, c, s, s, generator=g).to(device),
+            torch.randint(0, 512, (batch,), generator=g).to(device),
         )
         for i in range(n)
     ]
@@ -191,7 +203,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--precision-runs", type=int, default=0, help="time the training command, fp32 vs bf16")
     p.add_argument("--precision-steps", type=int, default=40)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--unet", choices=sorted(UNETS), default="default", help="the model compared")
     args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA GPU here")
+    unet = UNETS[args.unet]
     if args.precision_runs:
         result = {
             "machine": machine(),
@@ -216,14 +234,19 @@ def main(argv: list[str] | None = None) -> dict:
         "ddpm-hub+no_sync+fused+channels_last",
         "diffusers+no_sync+fused+channels_last",
     ] + (["ddpm-hub+compile"] if args.compile else [])
-    result = {"machine": machine(), "batch_size": args.batch_size, "unet": DEFAULT_UNET}
+    result = {"machine": machine(device), "batch_size": args.batch_size, "unet": unet}
     print(json.dumps(result["machine"]), flush=True)
-    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, n=512, reps=3)}
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as training does
+        peak = {dt: matmul_peak(getattr(torch, dt), n=8192, device=device) for dt in ("float32", "bfloat16")}
+        peak = {"fp32": peak["float32"], "bf16": peak["bfloat16"]}
+    else:
+        peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, n=512, reps=3)}
     result["matmul_peak_gflops"] = peak
     print(f"matmul peak: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s", flush=True)
 
-    models = {kind: build(kind, DEFAULT_UNET) for kind in ("ddpm-hub", "diffusers")}
-    shape = (DEFAULT_UNET["sample_size"], DEFAULT_UNET["in_channels"])
+    models = {kind: build(kind, unet) for kind in ("ddpm-hub", "diffusers")}
+    shape = (unet["sample_size"], unet["in_channels"])
     for kind, m in models.items():
         result[kind] = {
             "parameters": sum(p.numel() for p in m.parameters()),
@@ -231,15 +254,22 @@ def main(argv: list[str] | None = None) -> dict:
         }
         print(kind, result[kind], flush=True)
 
-    batches = make_batches(max(2, (1 + args.reps) * args.steps_per_rep), args.batch_size, DEFAULT_UNET)
+    n_batches = min(max(2, (1 + args.reps) * args.steps_per_rep), max(2, 5000 // args.batch_size))
+    batches = make_batches(n_batches, args.batch_size, unet, device=device)
     scheduler = DDPMHubScheduler()
     trainers = {}
     for spec in variants:
         kind, pieces = parse_variant(spec)
-        trainers[spec] = Trainer(copy.deepcopy(models[kind]), pieces, batches, scheduler)
+        trainers[spec] = Trainer(copy.deepcopy(models[kind]), pieces, batches, scheduler, device)
 
     def run(trainer):
-        return lambda: sum(trainer.step() for _ in range(args.steps_per_rep))
+        def steps() -> int:
+            n = sum(trainer.step() for _ in range(args.steps_per_rep))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return n
+
+        return steps
 
     import time
 
@@ -286,7 +316,19 @@ def main(argv: list[str] | None = None) -> dict:
         )
     result["throughput"] = rows
 
-    if not args.no_memory:
+    if not args.no_memory and device.type == "cuda":
+        result["memory"] = {}
+        for spec, trainer in trainers.items():
+            torch.cuda.synchronize(device)
+            before = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            trainer.step()
+            trainer.step()
+            torch.cuda.synchronize(device)
+            mem = {"step_peak_mib": (torch.cuda.max_memory_allocated(device) - before) / 2**20}
+            result["memory"][spec] = mem
+            print(f"{spec:32s} step peak +{mem['step_peak_mib']:.0f} MiB (CUDA allocator)", flush=True)
+    elif not args.no_memory:
         result["memory"] = {}
         for spec in variants:
             if "compile" in spec:

@@ -25,6 +25,18 @@ DEFAULT_UNET = dict(
     norm_num_groups=8,
 )
 
+#: the model of configs/cifar10.yaml (the DDPM paper's CIFAR-10 UNet: 32 px, 3 channels, 35.7M parameters)
+CIFAR10_UNET = dict(
+    sample_size=32,
+    in_channels=3,
+    base_channels=128,
+    channel_mult=(1, 2, 2, 2),
+    num_res_blocks=2,
+    attention_resolutions=(16,),
+    dropout=0.1,
+    norm_num_groups=32,
+)
+
 
 def diffusers_kwargs(unet_kwargs: dict) -> dict:
     """UNet2DModel kwargs with the architecture of ddpm-hub's ``UNet(**unet_kwargs)``."""
@@ -55,7 +67,7 @@ def build(kind: str, unet_kwargs: dict, seed: int = 0) -> torch.nn.Module:
     return UNet2DModel(**diffusers_kwargs(unet_kwargs))
 
 
-def machine() -> dict:
+def machine(device: torch.device | str = "cpu") -> dict:
     model = platform.processor()
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
@@ -79,7 +91,16 @@ def machine() -> dict:
     except OSError:
         isa = []
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    gpu = {}
+    if torch.device(device).type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        gpu = {
+            "gpu": props.name,
+            "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+            "cuda": torch.version.cuda,
+        }
     return {
+        **gpu,
         "cpu": model,
         "logical_cpus": os.cpu_count(),
         "isa": isa,
@@ -90,14 +111,19 @@ def machine() -> dict:
     }
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 1024, reps: int = 5) -> float:
-    """Measured GFLOP/s of an n x n matmul (median of ``reps``)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak(
+    dtype: torch.dtype, n: int = 1024, reps: int = 5, device: torch.device | str = "cpu"
+) -> float:
+    """Measured GFLOP/s of an n x n matmul on ``device`` (median of ``reps``)."""
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     a @ b
+    sync()
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - t)
     return 2 * n**3 / statistics.median(times) / 1e9
 

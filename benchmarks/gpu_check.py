@@ -7,7 +7,7 @@ times and whether every tensor of the sampling pipeline sits on the GPU.
     python benchmarks/gpu_check.py --dry-run            # anywhere: check the config, print the commands
 
 It exits 1 when a check fails (a tensor off the GPU, non-finite images, a failed run) and 2 without a GPU.
-Results: benchmarks/README.md, "GPU check" (not yet run on a GPU).
+Results: benchmarks/README.md, "GPU check" (passed on an NVIDIA H200).
 """
 
 from __future__ import annotations
@@ -140,7 +140,56 @@ def sampling_checks(run: Path, cfg) -> dict:
         result[f"finite_{sampler}"] = bool(torch.isfinite(images).all())
         make_grid(images).save(run / f"gpu-check-{sampler}.png")
     result["sampling_peak_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    result["bundled_models"] = bundled_model_checks(device)
     return result
+
+
+def bundled_model_checks(device) -> dict:
+    """Every registered sampler (plugins' too) at its default steps on the Space's bundled models, on the GPU:
+    the model on the device, finite images in [0, 1], the same digits as on the CPU (classifier confidence),
+    the time.
+    The class-conditional model also with classifier-free guidance (one batched forward per step)."""
+    import torch
+
+    from ddpm_hub import load_pipeline
+    from ddpm_hub.evaluate import classifier_outputs, load_classifier
+    from ddpm_hub.plugins import get_samplers
+
+    classifier = load_classifier()
+    out: dict = {}
+    for name, kwargs in (
+        ("default-model", {}),
+        ("cond-model", {"class_labels": list(range(10)) * 2, "guidance_scale": 1.5}),
+    ):
+        pipe = load_pipeline(ROOT / "spaces" / name).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        n = len(kwargs.get("class_labels", [])) or 20
+        for sampler in get_samplers():
+            row = {}
+            for where in (device, torch.device("cpu")):
+                pipe.to(where)
+                if where.type == "cuda":
+                    torch.cuda.synchronize(where)
+                start = time.perf_counter()
+                images = pipe(
+                    batch_size=n,
+                    generator=torch.Generator("cpu").manual_seed(0),
+                    sampler=sampler,
+                    output_type="pt",
+                    **kwargs,
+                ).images
+                if where.type == "cuda":
+                    torch.cuda.synchronize(where)
+                    row["on_device"] = not placement(pipe.unet, "cuda")  # the pipeline returns CPU tensors
+                key = "gpu" if where.type == "cuda" else "cpu"
+                row[f"{key}_s"] = round(time.perf_counter() - start, 3)
+                finite = bool(torch.isfinite(images).all())
+                row[f"{key}_finite_in_0_1"] = finite and 0 <= float(images.min()) <= float(images.max()) <= 1
+                probs = classifier_outputs(images.cpu(), classifier)[1]
+                row[f"{key}_confidence"] = round(float(probs.max(-1).values.mean()), 3)
+            out[f"{name}/{sampler}"] = row
+            print(name, sampler, row, flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     failures = [k for k in ("train_pipeline_tensors_off_gpu", "saved_pipeline_tensors_off_gpu") if result[k]]
     failures += [k for k, v in result.items() if k.startswith("finite_") and not v]
+    for key, row in result["bundled_models"].items():
+        if not (row["on_device"] and row["gpu_finite_in_0_1"]):
+            failures.append(f"{key}: images off the GPU or not finite in [0, 1]")
+        elif row["gpu_confidence"] < row["cpu_confidence"] - 0.1:  # the same model and seed: the same digits
+            failures.append(
+                f"{key}: confidence {row['gpu_confidence']} on the GPU, {row['cpu_confidence']} on the CPU"
+            )
     if info["mixed_precision"] != "bf16":
         failures.append(f"mixed_precision ran {info['mixed_precision']}, not bf16")
     if not str(result["sample_device_in_training"]).startswith("cuda"):

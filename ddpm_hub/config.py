@@ -210,9 +210,9 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     #: no, fp16 or bf16 win over the launcher (fp16 needs a GPU). auto (the default): the launcher's choice
     #: when launched by accelerate (accelerate launch --mixed_precision / accelerate config, seen as
-    #: ACCELERATE_MIXED_PRECISION; its own default is no), else bf16 where the training device computes it
-    #: natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else no. null: the launcher's choice,
-    #: else no (the defaults before auto)
+    #: ACCELERATE_MIXED_PRECISION; its own default is no), else bf16 on a CPU that computes it natively
+    #: (AVX512-BF16 or AMX), else no (on CUDA: float32 with TF32, measured as fast as bf16 or faster).
+    #: null: the launcher's choice, else no (the defaults before auto)
     mixed_precision: Literal["no", "fp16", "bf16", "auto"] | None = "auto"
     #: class-conditional runs: the share of labels replaced by the null class, for classifier-free guidance
     p_uncond: float = 0.1

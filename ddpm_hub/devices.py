@@ -9,9 +9,12 @@ noise estimate, amplified about 160 times at high t with the default schedule (s
 the schedule's end"), so a half-precision model's rounding reaches the image; only TF32 matmuls (float32's
 range, a 10-bit mantissa inside matrix products) are allowed, on CUDA, by :func:`allow_fast_float32`.
 
-Training precision: ``mixed_precision: auto`` (the default config) trains in bf16 where the device computes it
-natively (:func:`native_bf16`): bf16 autocast on a CPU without AVX512-BF16 or AMX is emulated and slower than
-float32, and with it it is 1.24-1.41x faster per step (benchmarks/README.md).
+Training precision: ``mixed_precision: auto`` (the default config) trains in bf16 where that was measured faster
+than float32 (:func:`auto_trains_bf16`): a CPU that computes bf16 natively (:func:`native_bf16`; 1.24-1.41x per
+step, while on a CPU without AVX512-BF16 or AMX bf16 is emulated and slower). On CUDA it trains in float32 with
+TF32 tensor cores (:func:`allow_fast_float32`, which training calls too): on an H200 bf16 autocast measured
+0.78x the TF32 step on the default model and 0.99x on configs/cifar10.yaml's 35.7M-parameter UNet
+(benchmarks/README.md, "GPU check"); a config that wants bf16 there says so (configs/cifar10.yaml does).
 """
 
 from __future__ import annotations
@@ -64,8 +67,8 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
 def allow_fast_float32(device: torch.device) -> None:
     """On CUDA, let float32 matmuls and convolutions use TF32 (float32 range, faster on Ampere and later).
 
-    A process-wide setting: the command line (``ddpm-hub sample``/``eval``) and the Space call it, the library
-    does not.
+    A process-wide setting: the command line (``ddpm-hub sample``/``eval``), the Space and training call it;
+    ``load_pipeline`` and the pipeline do not.
     """
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -87,3 +90,10 @@ def native_bf16(kind: str) -> bool:
         checks = (getattr(torch.cpu, name, None) for name in NATIVE_BF16_CPU_CHECKS)
         return any(check() for check in checks if check is not None)
     return False
+
+
+def auto_trains_bf16(kind: str) -> bool:
+    """Whether ``mixed_precision: auto`` trains in bf16 on a device of this kind: only where bf16 autocast was
+    measured faster than float32, a CPU with native bf16. Not CUDA: with TF32 allowed the float32 step was as
+    fast or faster there (module docstring); not MPS/XPU/ARM: not measured."""
+    return kind == "cpu" and native_bf16("cpu")

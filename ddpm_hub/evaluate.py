@@ -424,7 +424,7 @@ def generate(
                 sampler=sampler,
                 output_type="pt",
                 **conditioning,
-            ).images
+            ).images.cpu()
         )
     return torch.cat(out)
 

@@ -95,7 +95,7 @@ from .config import (
 )
 from .data import DataError, ImageData, ShardedBatchSampler, load_images, random_flip
 from .datasets import BUILTIN_DATASET
-from .devices import available_devices, native_bf16
+from .devices import allow_fast_float32, auto_trains_bf16, available_devices
 from .hub import HubPushError, push, write_model_card
 from .images import make_grid
 from .pipeline import DDPMHubPipeline, pipeline_requirements
@@ -130,6 +130,7 @@ def train(config: TrainConfig, dataset=None) -> Path:
     if saved is not None:  # mixed_precision auto: the run's own precision, not this machine's choice
         config = keep_run_precision(saved_run_config(saved), config)
     accelerator = make_accelerator(config, run_dir)
+    allow_fast_float32(accelerator.device)  # float32 steps on CUDA use TF32 tensor cores, as sampling does
     interrupt = _Interrupt()
     try:
         run_dir = _train(config, dataset, accelerator, run_dir, interrupt)
@@ -899,8 +900,9 @@ def resolve_mixed_precision(config: TrainConfig) -> tuple[str, str]:
 
     An explicit ``no``/``fp16``/``bf16`` in the config wins. ``auto`` (the default) and null take the launcher's
     choice: ``accelerate launch --mixed_precision`` and the accelerate config file reach the processes as
-    ACCELERATE_MIXED_PRECISION. Without a launcher, ``auto`` is ``bf16`` where the training device computes
-    bf16 natively (:func:`ddpm_hub.devices.native_bf16`), else ``no``; null is ``no`` (float32).
+    ACCELERATE_MIXED_PRECISION. Without a launcher, ``auto`` is ``bf16`` where that was measured faster
+    (:func:`ddpm_hub.devices.auto_trains_bf16`: a CPU with AVX512-BF16 or AMX), else ``no`` (on CUDA: float32
+    with TF32 tensor cores); null is ``no`` (float32).
     """
     if config.mixed_precision not in (None, "auto"):
         return config.mixed_precision, "from the training config"
@@ -915,9 +917,10 @@ def resolve_mixed_precision(config: TrainConfig) -> tuple[str, str]:
         return "no", "null in the training config and no launcher sets one"
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     kind = "cpu" if use_cpu else available_devices()[0]
-    if native_bf16(kind):
-        what = "this CPU has AVX512-BF16 or AMX" if kind == "cpu" else "this GPU computes bf16"
-        return "bf16", f"auto: {what}"
+    if auto_trains_bf16(kind):
+        return "bf16", "auto: this CPU has AVX512-BF16 or AMX"
+    if kind == "cuda":
+        return "no", "auto: float32 with TF32 tensor cores on CUDA, as fast as bf16 autocast or faster there"
     return "no", f"auto: no native bf16 on this {kind}, so float32"
 
 

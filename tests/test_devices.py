@@ -220,28 +220,42 @@ def test_native_bf16_on_the_cpu_follows_its_flags(monkeypatch, flags, native):
 
 
 @pytest.mark.parametrize(
-    ("value", "launcher", "native", "expected", "source"),
+    ("value", "launcher", "gpu", "native", "expected", "source"),
     [
-        ("auto", None, True, "bf16", "auto: this CPU has AVX512-BF16 or AMX"),
-        ("auto", None, False, "no", "auto: no native bf16 on this cpu, so float32"),
-        ("auto", "fp16", True, "fp16", "from the launcher"),
-        ("auto", "no", True, "no", "from the launcher"),  # accelerate launch's own default is a choice too
-        (None, None, True, "no", "null in the training config"),
-        ("no", "bf16", True, "no", "from the training config"),
-        ("bf16", None, False, "bf16", "from the training config"),
+        ("auto", None, False, True, "bf16", "auto: this CPU has AVX512-BF16 or AMX"),
+        ("auto", None, False, False, "no", "auto: no native bf16 on this cpu, so float32"),
+        # a CUDA GPU with bf16: float32 with TF32 (bf16 autocast measured no faster on an H200)
+        ("auto", None, True, True, "no", "auto: float32 with TF32 tensor cores on CUDA"),
+        ("bf16", None, True, True, "bf16", "from the training config"),  # configs/cifar10.yaml's way
+        ("auto", "fp16", False, True, "fp16", "from the launcher"),
+        (
+            "auto",
+            "no",
+            False,
+            True,
+            "no",
+            "from the launcher",
+        ),  # accelerate launch's own default is a choice too
+        (None, None, False, True, "no", "null in the training config"),
+        ("no", "bf16", False, True, "no", "from the training config"),
+        ("bf16", None, False, False, "bf16", "from the training config"),
     ],
 )
-def test_auto_precision_is_the_launchers_else_native_bf16_else_float32(
-    monkeypatch, only, value, launcher, native, expected, source
+def test_auto_precision_is_the_launchers_else_bf16_on_a_native_bf16_cpu_else_float32(
+    monkeypatch, only, value, launcher, gpu, native, expected, source
 ):
     from ddpm_hub import train as train_module
 
-    only()  # no accelerator: the CPU trains
+    if gpu:
+        only("cuda")
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    else:
+        only()  # no accelerator: the CPU trains
     if launcher is None:
         monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     else:
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher)
-    monkeypatch.setattr(train_module, "native_bf16", lambda kind: native and kind == "cpu")
+    monkeypatch.setattr(devices, "native_bf16", lambda kind: native and kind in ("cpu", "cuda"))
     config = config_from_argv(
         [] if value == "auto" else ["--mixed_precision", "null" if value is None else value]
     )
@@ -261,7 +275,7 @@ def test_the_default_run_trains_in_bf16_exactly_where_the_cpu_has_it(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((out / "train_info.json").read_text())
-    expected = "bf16" if devices.native_bf16("cpu") else "no"
+    expected = "bf16" if devices.auto_trains_bf16("cpu") else "no"
     assert info["mixed_precision"] == expected and info["mixed_precision_requested"] == expected
     assert info["mixed_precision_source"].startswith("auto: ")
     assert f"mixed precision {expected} (auto: " in proc.stdout

@@ -111,7 +111,7 @@ def test_resume_with_mixed_precision_auto_continues_in_the_runs_own_precision(ru
 
     assert yaml.safe_load((run_copy / "config.yaml").read_text())["mixed_precision"] == "no"
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
-    monkeypatch.setattr(train_module, "native_bf16", lambda kind: True)  # auto alone would be bf16 here
+    monkeypatch.setattr(train_module, "auto_trains_bf16", lambda kind: True)  # auto alone would be bf16 here
     auto = {**yaml.safe_load((run_copy / "config.yaml").read_text()), "mixed_precision": "auto"}
     (run_copy.parent / "auto.yaml").write_text(yaml.safe_dump(auto))
     resume = ["--resume", "latest", "--output_dir", str(run_copy)]
