@@ -381,7 +381,7 @@ def cmd_space(args: argparse.Namespace) -> int:
     try:
         app.main(argv)
     except app.SpaceInputError as exc:
-        _fail("space", f"--model: {exc}", 2)
+        _fail("space", f"--model: {exc.message}", 2)
     except OSError as exc:  # the port is taken, or the host cannot be bound
         _fail("space", f"cannot serve on {args.host}:{args.port} ({exc}); choose another --port or --host")
     return 0

@@ -34,6 +34,7 @@ import os
 import queue
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -144,6 +145,14 @@ class Loaded:
         return f"{self.ref}" + (f" (commit {self.commit[:8]})" if self.commit else "")
 
 
+def default_model_label(default: ModelRef) -> str:
+    """What the model box shows for the operator's default model: the bundled one's description, else the
+    repo or folder it really is (``ddpm-hub space --model user/name`` shows ``default (user/name)``)."""
+    if default.kind == "local" and Path(default.location) == DEFAULT_MODEL_DIR:
+        return DEFAULT_MODEL_LABEL
+    return f"default ({default})"
+
+
 def env_allows_local_paths() -> bool:
     return os.environ.get(ALLOW_LOCAL_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -153,12 +162,12 @@ def resolve_model(
 ) -> ModelRef:
     """Turn what the visitor typed into a ``ModelRef``; raise ``SpaceInputError`` with the reason otherwise.
 
-    Empty or the default label gives the operator's default model. The string is validated as a Hub repo id
+    Empty or the default's label gives the operator's default model. The string is validated as a Hub repo id
     before any filesystem access; a local folder is considered only when ``allow_local``.
     """
     spec = (spec or "").strip()
     revision = (revision or "").strip() or None
-    if not spec or spec == DEFAULT_MODEL_LABEL:
+    if not spec or spec in (DEFAULT_MODEL_LABEL, default_model_label(default)):
         return (
             default
             if revision is None or default.kind != "hub"
@@ -898,32 +907,26 @@ def build_demo(
         concurrency_limit: requests run at once (gradio's queue); default ``DDPM_HUB_SPACE_CONCURRENCY`` or 2.
     """
     allow_local = env_allows_local_paths() if allow_local_paths is None else bool(allow_local_paths)
-    if default_model is None and DEFAULT_MODEL_REPO_FILE.is_file():
-        default_model = DEFAULT_MODEL_REPO_FILE.read_text().strip()
-    default = resolve_model(
-        str(default_model or DEFAULT_MODEL_DIR),
-        None,
-        allow_local=True,
-        default=ModelRef("local", str(DEFAULT_MODEL_DIR)),
-    )
+    default = operator_default(default_model)
     samplers = sampler_names()
     initial_sampler = "sde-dpm-solver++" if "sde-dpm-solver++" in samplers else samplers[0]
     initial_T = DEFAULT_NUM_TRAIN_TIMESTEPS  # until a model is loaded
     concurrency = concurrency_limit or int(os.environ.get("DDPM_HUB_SPACE_CONCURRENCY", "2"))
     opts = dict(allow_local=allow_local, default=default)
+    default_label = default_model_label(default)
     low, initial_steps, _ = step_bounds(initial_sampler, initial_T)
 
     def _message(text: str | None):
         return gr.update(value=f"⚠️ {text}" if text else "", visible=bool(text))
 
     with gr.Blocks(title="ddpm-hub: watch a diffusion model draw", delete_cache=(3600, 3600)) as demo:
-        current = gr.State((DEFAULT_MODEL_LABEL, ""))  # the model and revision that last loaded
+        current = gr.State((default_label, ""))  # the model and revision that last loaded
         last_run = gr.State(None)
         gr.Markdown(INTRO, elem_id="intro")
         with gr.Row(equal_height=False):
             model = gr.Dropdown(
-                [DEFAULT_MODEL_LABEL, *([COND_MODEL_LABEL] if COND_MODEL_DIR.is_dir() else []), *presets],
-                value=DEFAULT_MODEL_LABEL,
+                [default_label, *([COND_MODEL_LABEL] if COND_MODEL_DIR.is_dir() else []), *presets],
+                value=default_label,
                 allow_custom_value=True,
                 label="Model",
                 info="pick one, or type a Hub model id (namespace/name)"
@@ -1401,6 +1404,35 @@ def build_demo(
     return demo
 
 
+def operator_default(default_model: str | Path | None) -> ModelRef:
+    """The model used when a visitor names none: ``default_model`` (a folder, or a Hub repo id), else the repo
+    in ``DEFAULT_MODEL_REPO_FILE`` (a deployed Space's ``--model``), else the bundled ``DEFAULT_MODEL_DIR``."""
+    if default_model is None and DEFAULT_MODEL_REPO_FILE.is_file():
+        default_model = DEFAULT_MODEL_REPO_FILE.read_text().strip()
+    return resolve_model(
+        str(default_model or DEFAULT_MODEL_DIR),
+        None,
+        allow_local=True,
+        default=ModelRef("local", str(DEFAULT_MODEL_DIR)),
+    )
+
+
+def check_default_model(default: ModelRef) -> str | None:
+    """Load the operator's default model once before serving (so the first visitor does not wait for it).
+
+    Raises ``SpaceInputError`` when it can never load (no such repo or revision, not a pipeline, pickle-only
+    weights, a plugin missing); returns a warning when it cannot load *now* (the Hub unreachable and the model
+    not in the cache, a Hub server error): the Space still starts, and says so to each visitor until it can.
+    """
+    try:
+        load_model(default)
+    except SpaceInputError as exc:
+        if getattr(exc.__cause__, "reason", None) in ("offline_not_cached", "http"):
+            return f"the default model {default} cannot be loaded now; visitors who use it get this until it can: {exc.message}"
+        raise
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the ddpm-hub Space locally.")
     parser.add_argument(
@@ -1418,9 +1450,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         help=f"let visitors load folders on this machine (also: {ALLOW_LOCAL_ENV}=1); off by default",
     )
     args = parser.parse_args(argv)
+    warning = check_default_model(operator_default(args.model))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     demo = build_demo(default_model=args.model, allow_local_paths=args.allow_local_paths)
     demo.launch(server_name=args.host, server_port=args.port, share=False)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SpaceInputError as exc:  # the operator's --model (or default-model-repo.txt) can never load
+        sys.exit(f"{Path(sys.argv[0]).name}: error: the default model: {exc.message}")

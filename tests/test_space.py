@@ -289,6 +289,60 @@ def test_model_from_the_loopback_hub(hub_server, client, space_app):
     assert "pip install ddpm-hub-missing-plugin" in _error(client, model=needs_plugin)
 
 
+def test_the_model_box_names_the_operators_default_model(space_app, hub_server, tmp_path):
+    """`ddpm-hub space --model user/name` shows "default (user/name)", not the bundled model's label, and that
+    label (or the old one) loads the operator's default; the bundled default keeps its description."""
+    import uuid
+
+    from huggingface_hub import HfApi
+
+    def model_box(demo):
+        return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model")
+
+    assert model_box(space_app.build_demo()).value == space_app.DEFAULT_MODEL_LABEL
+    repo_id = f"{hub_server.user}/space-default-{uuid.uuid4().hex[:8]}"
+    HfApi(endpoint=hub_server.url, token=hub_server.token).create_repo(repo_id)
+    box = model_box(space_app.build_demo(default_model=repo_id))
+    assert box.value == f"default ({repo_id})" and box.choices[0][0] == f"default ({repo_id})"
+    default = space_app.operator_default(repo_id)
+    for label in (box.value, space_app.DEFAULT_MODEL_LABEL, ""):
+        assert space_app.resolve_model(label, None, allow_local=False, default=default) == default
+    folder = tmp_path / "my-model"
+    shutil.copytree(space_app.DEFAULT_MODEL_DIR, folder)
+    assert model_box(space_app.build_demo(default_model=folder)).value == f"default ({folder})"
+
+
+def test_a_default_model_that_cannot_load_stops_the_space_before_it_serves(space_app, hub_server):
+    """The operator's --model is loaded before serving: a repo that does not exist is a clear error (exit 2 from
+    `ddpm-hub space`, nothing served); the bundled model loads."""
+    import uuid
+
+    missing = f"{hub_server.user}/no-such-default-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(space_app.SpaceInputError, match="There is no model"):
+        space_app.check_default_model(space_app.operator_default(missing))
+    assert space_app.check_default_model(space_app.operator_default(None)) is None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ddpm_hub.cli", "space", "--model", missing, "--port", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"ddpm-hub space: error: --model: There is no model '{missing}' on the Hub" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_default_model_out_of_reach_is_a_warning_not_a_crash(space_app):
+    """Offline (this suite's default) and not in the cache: it cannot load *now*, so a warning; the Space
+    still starts and its visitors read why."""
+    warning = space_app.check_default_model(space_app.ModelRef("hub", "nobody/not-cached"))
+    assert warning.startswith("the default model nobody/not-cached cannot be loaded now")
+    assert "cannot be reached" in warning
+
+
 def test_space_readme_front_matter_matches_the_app(space_app):
     import gradio
     import yaml
