@@ -367,6 +367,19 @@ def test_bundled_default_model_is_small_safetensors_with_a_card(space_app):
     assert f"T={T}" in (folder / "README.md").read_text()  # the card says how the model was made
 
 
+@pytest.mark.parametrize("name", ["default-model", "cond-model"])
+def test_bundled_model_cards_describe_their_own_training(space_app, name):
+    """The hand-finished cards of the bundled models keep the generated card's facts about the weights beside
+    them: the prediction type and its objective (a retrained model must not keep its predecessor's)."""
+    from ddpm_hub.hub import _objective
+
+    folder = space_app.DEFAULT_MODEL_DIR.parent / name
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    card = (folder / "README.md").read_text()
+    assert f"| prediction | {scheduler['prediction_type']} |" in card
+    assert f"Objective: {_objective(scheduler)}, on images scaled to [-1, 1]." in card
+
+
 # --- models from the (loopback) Hub: resolved to a commit per request, loaded by ddpm_hub.load_pipeline -------
 
 
