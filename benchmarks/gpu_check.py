@@ -1,6 +1,7 @@
 """One command for a machine with a GPU: train configs/cifar10.yaml for ~200 steps in bf16 under
 ``accelerate launch``, then sample a 16-image grid on the GPU, and print images/s, peak GPU memory, grid
-times and whether every tensor of the sampling pipeline sits on the GPU.
+times and whether every tensor of the sampling pipeline sits on the GPU; then every sampler on the bundled
+models (GPU against CPU), and 300 steps of the built-in default config (auto precision: float32 on CUDA).
 
     python benchmarks/gpu_check.py                      # all GPUs, CIFAR-10 from the Hub
     python benchmarks/gpu_check.py --synthetic-data     # no network: 5,000 tinted 32 px MNIST digits
@@ -144,6 +145,25 @@ def sampling_checks(run: Path, cfg) -> dict:
     return result
 
 
+def default_config_run(out: Path, steps: int = 300) -> dict:
+    """The built-in default config, run as ``ddpm-hub train`` is (no launcher), for ``steps`` steps on the GPU:
+    ``mixed_precision: auto`` must resolve to float32 there (TF32), and the run's images/s against the bare
+    step's of ``bench_train.py --device cuda`` show what the training loop costs around the step."""
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_MIXED_PRECISION"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "ddpm_hub.train", "--output_dir", str(out), "--overwrite_output_dir", "true"]
+    cmd += ["--max_steps", str(steps), "--log_with", "none", "--checkpointing_steps", "0"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        return {"failed": proc.returncode, "stderr": proc.stderr[-3000:]}
+    info = json.loads((out / "train_info.json").read_text())
+    keys = ("mixed_precision", "mixed_precision_source", "images_per_s", "wall_time_s", "sample_device")
+    return {k: info.get(k) for k in keys} | {
+        "steps": info["num_train_steps"],
+        "final_loss": info["final_loss"],
+    }
+
+
 def bundled_model_checks(device) -> dict:
     """Every registered sampler (plugins' too) at its default steps on the Space's bundled models, on the GPU:
     the model on the device, finite images in [0, 1], the same digits as on the CPU (classifier confidence),
@@ -266,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "command_wall_s": round(wall, 1),
     }
     result.update(sampling_checks(out / "run", cfg))
+    result["default_config"] = default_config_run(out / "default-run")
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
@@ -280,6 +301,11 @@ def main(argv: list[str] | None = None) -> int:
             )
     if info["mixed_precision"] != "bf16":
         failures.append(f"mixed_precision ran {info['mixed_precision']}, not bf16")
+    default_run = result["default_config"]
+    if default_run.get("failed") or default_run.get("mixed_precision") != "no":
+        failures.append(f"the default config's run (auto precision: float32 on CUDA): {default_run}")
+    elif not str(default_run.get("sample_device")).startswith("cuda"):
+        failures.append(f"the default config's run sampled on {default_run.get('sample_device')}")
     if not str(result["sample_device_in_training"]).startswith("cuda"):
         failures.append(f"the run sampled its grids on {result['sample_device_in_training']}")
     print("gpu_check: " + ("FAILED: " + "; ".join(failures) if failures else "all checks passed"))
