@@ -122,14 +122,12 @@ def parse_variant(spec: str) -> tuple[str, set[str]]:
     return kind, set(pieces)
 
 
-def memory_child(spec: str, batch: int, steps: int) -> None:
+def memory_child(spec: str, batch: int, steps: int, unet: dict) -> None:
     """Run in a subprocess: print the peak RSS growth (MiB) of ``steps`` training steps of a variant."""
     from ddpm_hub import DDPMHubScheduler
 
     kind, pieces = parse_variant(spec)
-    trainer = Trainer(
-        build(kind, DEFAULT_UNET), pieces, make_batches(1, batch, DEFAULT_UNET), DDPMHubScheduler()
-    )
+    trainer = Trainer(build(kind, unet), pieces, make_batches(1, batch, unet), DDPMHubScheduler())
 
     def status(key: str) -> int:  # KiB
         with open("/proc/self/status") as f:
@@ -219,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.json.write_text(json.dumps(result, indent=1))
         return result
     if args.memory_child:
-        memory_child(args.memory_child, args.batch_size, steps=2)
+        memory_child(args.memory_child, args.batch_size, steps=2, unet=unet)
         return {}
 
     from ddpm_hub import DDPMHubScheduler
@@ -334,7 +332,8 @@ def main(argv: list[str] | None = None) -> dict:
             if "compile" in spec:
                 continue
             out = subprocess.run(
-                [sys.executable, __file__, "--memory-child", spec, "--batch-size", str(args.batch_size)],
+                [sys.executable, __file__, "--memory-child", spec, "--batch-size", str(args.batch_size)]
+                + ["--unet", args.unet],
                 capture_output=True,
                 text=True,
                 check=True,
