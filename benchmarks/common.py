@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -25,17 +26,17 @@ DEFAULT_UNET = dict(
     norm_num_groups=8,
 )
 
+
+def config_unet(path: Path) -> dict:
+    """The UNet kwargs of a training config file (its ``model`` with the data's size; 3 channels)."""
+    from ddpm_hub.config import load_config
+
+    config = load_config(path)
+    return dict(sample_size=config.data.image_size, in_channels=3, **config.model)
+
+
 #: the model of configs/cifar10.yaml (the DDPM paper's CIFAR-10 UNet: 32 px, 3 channels, 35.7M parameters)
-CIFAR10_UNET = dict(
-    sample_size=32,
-    in_channels=3,
-    base_channels=128,
-    channel_mult=(1, 2, 2, 2),
-    num_res_blocks=2,
-    attention_resolutions=(16,),
-    dropout=0.1,
-    norm_num_groups=32,
-)
+CIFAR10_UNET = config_unet(Path(__file__).resolve().parents[1] / "configs" / "cifar10.yaml")
 
 
 def diffusers_kwargs(unet_kwargs: dict) -> dict:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler
+from helpers import tiny_unet
 from PIL import Image
 
 from ddpm_hub import DDPMHubPipeline, DDPMHubScheduler, UNet, load_pipeline, make_sampler
@@ -36,17 +37,7 @@ def test_same_seed_same_images_as_diffusers_ddpm_pipeline(scheduler_cls, clip):
     """Like with like: the default path (``ddpm``, x0 clipped) against DDPMPipeline on a clipping scheduler,
     the seed's loop (``ddpm-seed``) against a non-clipping one. All 512 steps, so the UNet is the smallest
     real one (8 px, two levels, attention at 4 px)."""
-    torch.manual_seed(0)
-    unet = UNet(
-        sample_size=8,
-        in_channels=3,
-        base_channels=8,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(4,),
-        dropout=0.0,
-        norm_num_groups=4,
-    )
+    unet = tiny_unet(in_channels=3, perturb=False)
     with torch.no_grad():
         for p in unet.parameters():
             p.normal_(std=0.05)
