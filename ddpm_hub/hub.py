@@ -374,6 +374,16 @@ def write_model_card(
             ("diffusion steps T", info.get("num_train_timesteps", T)),
             ("beta schedule", betas),
             ("prediction", scheduler.get("prediction_type", "epsilon")),
+            ("training timesteps", info.get("timestep_sampling")),
+            (
+                "loss weighting",
+                (
+                    f"min-SNR-{info['snr_gamma']:g}"
+                    if isinstance(info.get("snr_gamma"), int | float)
+                    and not isinstance(info["snr_gamma"], bool)
+                    else None
+                ),
+            ),
             ("backbone", f"`{backbone}`, {_fmt_count(num_parameters)} parameters"),
             (
                 "EMA decay",

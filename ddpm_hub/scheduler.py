@@ -18,6 +18,7 @@ model never averages them); they are cast to the sample's dtype and device where
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -411,6 +412,30 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
         self._check_timesteps(timesteps)
         alpha_bar = self._tables(timesteps.device, dtype)[2][timesteps]
         return alpha_bar / (1 - alpha_bar)
+
+    def timestep_probabilities(
+        self, logsnr_mean: float, logsnr_std: float, uniform_share: float = 0.0
+    ) -> Tensor:
+        """Probabilities of the T training timesteps under which log SNR(t) is normal (mean, std), shape (T,).
+
+        Each t gets the normal's mass over the log SNR interval between its neighbours (midpoints), so the
+        distribution does not depend on T or the schedule's spacing; ``uniform_share`` of it is uniform.
+        """
+        T = self.config.num_train_timesteps
+        alpha_bar = self._tables(torch.device("cpu"), torch.float64)[2]
+        logsnr = torch.log(alpha_bar) - torch.log1p(-alpha_bar)  # decreasing in t
+        edges = torch.cat(
+            [logsnr.new_tensor([math.inf]), (logsnr[1:] + logsnr[:-1]) / 2, logsnr.new_tensor([-math.inf])]
+        )
+        cdf = torch.distributions.Normal(logsnr_mean, logsnr_std).cdf(edges.clamp(-1e4, 1e4))
+        if not float(logsnr[-1]) <= logsnr_mean <= float(logsnr[0]):  # else nearly all draws at t=0 or T-1
+            raise ValueError(
+                f"the log SNR mean {logsnr_mean:g} is outside this schedule's log SNR, {float(logsnr[-1]):.1f} "
+                f"(t=T-1) to {float(logsnr[0]):.1f} (t=0)"
+            )
+        mass = (cdf[:-1] - cdf[1:]).clamp(min=0)
+        probs = (1 - uniform_share) * mass / mass.sum() + uniform_share / T
+        return probs.float()
 
     def loss_weights(self, timesteps: Tensor, snr_gamma: float, dtype: torch.dtype = torch.float32) -> Tensor:
         """Per-sample loss weights of Min-SNR-gamma (Hang et al. 2023), shape (B,).

@@ -150,6 +150,7 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
     set_seed(config.seed)
     scheduler = build_scheduler(config)
     check_sampling(config, scheduler.config.num_train_timesteps)  # before the data: fails in seconds
+    check_timestep_sampling(config, scheduler)
 
     # Data
     with accelerator.main_process_first():
@@ -254,6 +255,7 @@ class Run:
     measured_global_batch: int | None = None
     #: the newest checkpoint written or resumed from (the non-finite-loss message names it)
     last_good: Path | None = None
+    _timestep_probs: torch.Tensor | None = None
     _session_start: float = dataclasses.field(default_factory=time.perf_counter)
     _session_start_wall: float | None = None
 
@@ -413,6 +415,28 @@ def train_loop(run: Run, batches, grids: Grids, interrupt: _Interrupt) -> None:
     run.update_wall_time()
 
 
+def timestep_sampling_text(config: TrainConfig) -> str:
+    """The training timesteps' distribution in words, for train_info and the model card."""
+    ts = config.timestep_sampling
+    if ts.kind == "uniform":
+        return "uniform"
+    share = f", {ts.uniform_share:.0%} uniform" if ts.uniform_share else ""
+    return f"log SNR ~ N({ts.mean:g}, {ts.std:g}){share}"
+
+
+def sample_timesteps(run: Run, bs: int) -> torch.Tensor:
+    """Each image's training timestep: the seed's uniform t, or t drawn by ``timestep_sampling``."""
+    device, ts = run.accelerator.device, run.config.timestep_sampling
+    T = run.scheduler.config.num_train_timesteps
+    if ts.kind == "uniform":
+        return torch.randint(0, T, (bs,), device=device).long()
+    if run._timestep_probs is None:  # computed once per run, on the device
+        run._timestep_probs = run.scheduler.timestep_probabilities(ts.mean, ts.std, ts.uniform_share).to(
+            device
+        )
+    return torch.multinomial(run._timestep_probs, bs, replacement=True)
+
+
 def training_step(run: Run, batch) -> torch.Tensor:
     """The seed's training lines on one batch (one micro-step under gradient accumulation); the loss."""
     config, accelerator, scheduler, model = run.config, run.accelerator, run.scheduler, run.model
@@ -430,7 +454,7 @@ def training_step(run: Run, batch) -> torch.Tensor:
         run.measured_global_batch = fed * config.gradient_accumulation_steps
 
     with accelerator.accumulate(model):
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (bs,), device=device).long()
+        t = sample_timesteps(run, bs)
         noise = torch.randn_like(batch)
         # Seed, "Derived Variables" and the forward process: the scheduler owns the tables (outside the
         # model and its EMA) and the maths; its float32 tables on this device are cast once and cached.
@@ -654,6 +678,8 @@ def train_info(run: Run, net: torch.nn.Module, digests: list[str], final_grid_s:
         "num_train_timesteps": scheduler.config.num_train_timesteps,
         "beta_schedule": scheduler.config.beta_schedule,
         "prediction_type": scheduler.config.prediction_type,
+        "timestep_sampling": timestep_sampling_text(config),
+        "snr_gamma": config.snr_gamma,
         "backbone": config.backbone,
         "num_parameters": run.num_parameters,
         **({"class_names": data.class_names, "p_uncond": config.p_uncond} if data.class_names else {}),
@@ -1066,6 +1092,19 @@ def check_sampling(config: TrainConfig, num_train_timesteps: int) -> None:
             resolve_steps(name, steps, num_train_timesteps)
         except ValueError as exc:
             raise ConfigError(f"{name_key}={name}, {steps_key}={steps}: {exc}") from exc
+
+
+def check_timestep_sampling(config: TrainConfig, scheduler: DDPMHubScheduler) -> None:
+    """A ``logsnr_normal`` that misses the schedule's log SNR range is a config error, not a run on one t."""
+    ts = config.timestep_sampling
+    if ts.kind == "uniform":
+        return
+    try:
+        scheduler.timestep_probabilities(ts.mean, ts.std, ts.uniform_share)
+    except ValueError as exc:
+        raise ConfigError(
+            f"timestep_sampling: {exc}; put timestep_sampling.mean inside it (-1 is the default's)"
+        ) from exc
 
 
 # -------------------------------------------------------------------------------------------------- main

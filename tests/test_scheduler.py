@@ -449,3 +449,38 @@ def test_timesteps_on_an_accelerator_are_checked_without_a_host_sync(monkeypatch
     monkeypatch.setattr(torch, "_assert_async", missing)
     with pytest.raises(ValueError, match=r"timesteps must be in \[0, 511\]"):
         s._check_timesteps(torch.tensor([3, 512]).as_subclass(Steps))
+
+
+@pytest.mark.parametrize("T", [64, 512, 1000])
+def test_logsnr_normal_timesteps_have_the_asked_log_snr_distribution(T):
+    s = DDPMHubScheduler(num_train_timesteps=T)
+    probs = s.timestep_probabilities(0.5, 1.5)
+    assert probs.shape == (T,) and probs.dtype == torch.float32
+    torch.testing.assert_close(probs.sum(), torch.tensor(1.0))
+    alpha_bar = s.alphas_cumprod.to(torch.float64)
+    logsnr = torch.log(alpha_bar / (1 - alpha_bar))
+    mean = float((probs.double() * logsnr).sum())
+    std = float((probs.double() * (logsnr - mean) ** 2).sum().sqrt())
+    # discretised onto T levels: the moments move by about the spacing of log SNR near the mean
+    assert abs(mean - 0.5) < 0.15 and abs(std - 1.5) < 0.15, (mean, std)
+    # the mode sits where log SNR is near the mean, far from the pure-noise end
+    assert abs(float(logsnr[int(probs.argmax())]) - 0.5) < 1.5
+
+
+def test_uniform_share_keeps_every_timestep_trained():
+    s = DDPMHubScheduler(num_train_timesteps=512)
+    pure = s.timestep_probabilities(0.0, 2.0)
+    mixed = s.timestep_probabilities(0.0, 2.0, uniform_share=0.1)
+    assert float(pure[-1]) < 1e-4 / 512  # log SNR -10: the normal alone all but never trains it
+    assert float(mixed.min()) >= 0.1 / 512 * (1 - 1e-6)
+    torch.testing.assert_close(mixed, 0.9 * pure + 0.1 / 512)
+    torch.testing.assert_close(
+        s.timestep_probabilities(0.0, 2.0, uniform_share=1.0), torch.full((512,), 1 / 512)
+    )
+
+
+def test_a_log_snr_distribution_outside_the_schedule_is_refused():
+    s = DDPMHubScheduler(num_train_timesteps=512)
+    for mean in (1e6, 9.0, -10.5):
+        with pytest.raises(ValueError, match="outside this schedule's log SNR"):
+            s.timestep_probabilities(mean, 2.0)

@@ -223,3 +223,77 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, mo
         train(config_from_argv(tiny_args(run)))
     assert [s for s, _ in list_checkpoints(run)] == [2]
     assert not (run / "pipeline").exists()
+
+
+def _timestep_run(kind, **kwargs):
+    from types import SimpleNamespace
+
+    from ddpm_hub.config import TimestepSamplingConfig, TrainConfig
+    from ddpm_hub.scheduler import DDPMHubScheduler
+
+    config = TrainConfig(timestep_sampling=TimestepSamplingConfig(kind=kind, **kwargs))
+    return SimpleNamespace(
+        config=config,
+        accelerator=SimpleNamespace(device=torch.device("cpu")),
+        scheduler=DDPMHubScheduler(num_train_timesteps=512),
+        _timestep_probs=None,
+    )
+
+
+def test_uniform_timesteps_are_the_seeds_draw_bit_for_bit():
+    from ddpm_hub.train import sample_timesteps
+
+    torch.manual_seed(3)
+    drawn = sample_timesteps(_timestep_run("uniform"), 64)
+    torch.manual_seed(3)
+    assert torch.equal(drawn, torch.randint(0, 512, (64,)).long())
+
+
+def test_logsnr_normal_timesteps_train_where_the_image_is_not_gone():
+    from ddpm_hub.train import sample_timesteps
+
+    run = _timestep_run("logsnr_normal", mean=0.0, std=2.0, uniform_share=0.1)
+    torch.manual_seed(0)
+    t = torch.cat([sample_timesteps(run, 64) for _ in range(200)])
+    assert t.dtype == torch.long and int(t.min()) >= 0 and int(t.max()) < 512
+    logsnr = torch.log(run.scheduler.snr(t).double())
+    torch.manual_seed(0)
+    uniform = torch.log(run.scheduler.snr(torch.randint(0, 512, (12800,))).double())
+    # the uniform draw spends over a third of the steps below log SNR -4; this one about 7%
+    assert float((uniform < -4).double().mean()) > 0.33 and float((logsnr < -4).double().mean()) < 0.1
+    assert abs(float(logsnr.mean())) < 0.5  # 90% N(0, 2) + 10% uniform (mean -0.8)
+
+
+def test_a_logsnr_normal_run_records_its_timestep_sampling(tmp_path):
+    run = tmp_path / "run"
+    args = tiny_args(run, "--timestep_sampling", "{kind: logsnr_normal, mean: -0.5, std: 2.0}")
+    assert cli_main(["train", *args]) == 0
+    info = json.loads((run / "train_info.json").read_text())
+    assert info["timestep_sampling"] == "log SNR ~ N(-0.5, 2), 10% uniform"
+    card = (run / "pipeline" / "README.md").read_text()
+    assert "| training timesteps | log SNR ~ N(-0.5, 2), 10% uniform |" in card
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("std", "0", "timestep_sampling.std must be positive"),
+        ("uniform_share", "1.5", r"timestep_sampling.uniform_share must be in \[0, 1\]"),
+        ("kind", "lognormal", "lognormal"),
+    ],
+)
+def test_bad_timestep_sampling_is_refused_before_the_run(tmp_path, capsys, key, value, message):
+    import re
+
+    assert cli_main(["train", *tiny_args(tmp_path / "run", f"--timestep_sampling.{key}", value)]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_log_snr_mean_off_the_schedule_is_a_config_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = tiny_args(run, "--timestep_sampling", "{kind: logsnr_normal, mean: 1000, std: 1}")
+    assert cli_main(["train", *args]) == 1  # found at the run's start, like sampling settings against T
+    err = capsys.readouterr().err
+    assert "the log SNR mean 1000 is outside this schedule's log SNR, -10.2 (t=T-1) to 8.5 (t=0)" in err
+    assert not (run / "checkpoints").exists()
