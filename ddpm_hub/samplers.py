@@ -33,7 +33,9 @@ from typing import Any
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
 
 from .hookspecs import hookimpl
 from .plugins import Entry, PluginError, get_sampler, provider, set_smoke_check
@@ -84,31 +86,89 @@ def ddpm_seed(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:
 
 
 class ClippedDDIMScheduler(DDIMScheduler):
-    """diffusers' ``DDIMScheduler`` whose ``step`` re-derives the noise from the clipped x_0 by default.
+    """diffusers' ``DDIMScheduler`` whose ``step`` goes to the next listed timestep and re-derives the noise from
+    the clipped x_0 by default.
 
-    That is diffusers' own ``use_clipped_model_output=True`` (GLIDE's choice), made the default: plain
-    ``DDIMScheduler.step`` clips x_0 but keeps the model's unclipped noise, so x_{t-1} mixes an x_0 and a
-    noise that no longer describe the same x_t. Passing ``eta`` or ``use_clipped_model_output`` to ``step``
-    still overrides both; with eta=0 the sampler is deterministic as DDIM is.
+    - diffusers' ``DDIMScheduler.step`` steps from t to ``t - T // num_inference_steps``, which is the next
+      listed timestep only with ``leading`` spacing or a step count that divides T (diffusers issues #9261,
+      #11347, #12633). With this sampler's ``trailing`` spacing and the seed's T=512 the listed timesteps are
+      ``T / steps`` apart (10.24 at 50 steps, 2.56 at 200), so each step lands on a noise level up to a third
+      lower than the next model call assumes; the noise left over piles up into speckled grounds, worse the more
+      steps (on the bundled model fd 30 at 50 steps, 97 at 200; benchmarks/README.md). Here every step goes
+      to the next entry of ``timesteps`` (``-1``, i.e. ``final_alpha_cumprod``, after the last), as
+      ``DDPMScheduler.previous_timestep`` does.
+    - plain ``DDIMScheduler.step`` clips x_0 but keeps the model's unclipped noise, so x_{t-1} mixes an x_0 and
+      a noise that no longer describe the same x_t; here ``use_clipped_model_output=True`` (GLIDE's choice,
+      diffusers' own option) is the default. Passing ``eta`` or ``use_clipped_model_output`` to ``step`` still
+      overrides both; with eta=0 the sampler is deterministic as DDIM is.
+
+    Everything else is diffusers' step formula (Song et al. 2021, eq. 12), unchanged.
     """
+
+    def previous_timestep(self, timestep) -> int:
+        """The timestep after ``timestep`` in ``self.timesteps``; -1 after the last one."""
+        later = (self.timesteps < int(timestep)).nonzero()
+        return int(self.timesteps[later[0, 0]]) if len(later) else -1
 
     def step(
         self,
-        model_output,
+        model_output: torch.Tensor,
         timestep,
-        sample,
+        sample: torch.Tensor,
         eta: float = 0.0,
         use_clipped_model_output: bool = True,
-        **kwargs,
+        generator: torch.Generator | None = None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
     ):
-        return super().step(
-            model_output,
-            timestep,
-            sample,
-            eta=eta,
-            use_clipped_model_output=use_clipped_model_output,
-            **kwargs,
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps before step: the number of inference steps is not set")
+        prev_timestep = self.previous_timestep(timestep)
+        alpha_prod_t = self.alphas_cumprod[timestep]
+        alpha_prod_t_prev = (
+            self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
         )
+        beta_prod_t = 1 - alpha_prod_t
+        if self.config.prediction_type == "epsilon":
+            pred_original_sample = (sample - beta_prod_t**0.5 * model_output) / alpha_prod_t**0.5
+            pred_epsilon = model_output
+        elif self.config.prediction_type == "sample":
+            pred_original_sample = model_output
+            pred_epsilon = (sample - alpha_prod_t**0.5 * pred_original_sample) / beta_prod_t**0.5
+        elif self.config.prediction_type == "v_prediction":
+            pred_original_sample = alpha_prod_t**0.5 * sample - beta_prod_t**0.5 * model_output
+            pred_epsilon = alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
+        else:
+            raise ValueError(
+                f"prediction_type {self.config.prediction_type!r} must be epsilon, sample or v_prediction"
+            )
+        if self.config.thresholding:
+            pred_original_sample = self._threshold_sample(pred_original_sample)
+        elif self.config.clip_sample:
+            pred_original_sample = pred_original_sample.clamp(
+                -self.config.clip_sample_range, self.config.clip_sample_range
+            )
+        std_dev_t = eta * self._get_variance(timestep, prev_timestep) ** 0.5
+        if use_clipped_model_output:
+            pred_epsilon = (sample - alpha_prod_t**0.5 * pred_original_sample) / beta_prod_t**0.5
+        prev_sample = (
+            alpha_prod_t_prev**0.5 * pred_original_sample
+            + (1 - alpha_prod_t_prev - std_dev_t**2) ** 0.5 * pred_epsilon
+        )
+        if eta > 0:
+            if variance_noise is not None and generator is not None:
+                raise ValueError("pass either generator or variance_noise, not both")
+            if variance_noise is None:
+                variance_noise = randn_tensor(
+                    model_output.shape,
+                    generator=generator,
+                    device=model_output.device,
+                    dtype=model_output.dtype,
+                )
+            prev_sample = prev_sample + std_dev_t * variance_noise
+        if not return_dict:
+            return prev_sample, pred_original_sample
+        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
 
 def ddim(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:

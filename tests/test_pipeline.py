@@ -223,3 +223,49 @@ def test_resolve_steps_defaults_and_caps_at_T():
     assert resolve_steps("ddim", None, 512) == 50
     assert resolve_steps("ddim", None, 10) == 10  # a default above T is T
     assert resolve_steps("dpm-solver++", 30, 512) == 30
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps", [50, 200, 512])
+def test_ddim_steps_land_on_the_next_listed_timestep(prediction_type, steps):
+    """With an exact model every deterministic DDIM step must give x at the next listed timestep's noise level
+    and the last one x_0 itself. diffusers' DDIMScheduler steps to t - T // steps instead, which with
+    trailing spacing at T=512 is not the next listed timestep (512 / 200 = 2.56 apart, T // 200 = 2): it leaves
+    noise behind. The registered ddim follows the list."""
+    ours = DDPMHubScheduler(prediction_type=prediction_type)
+    ddim = make_sampler("ddim", ours)
+    ddim.set_timesteps(steps)
+    ts = [int(t) for t in ddim.timesteps]
+    assert len(set(ts)) == steps and ts[0] == 511
+    x0 = torch.rand(2, 1, 8, 8, generator=gen()) * 1.8 - 0.9  # inside [-1, 1]: clipping changes nothing
+    eps = torch.randn(2, 1, 8, 8, generator=gen(1))
+    ab = ddim.alphas_cumprod
+    x = ab[ts[0]].sqrt() * x0 + (1 - ab[ts[0]]).sqrt() * eps
+    for i, t in enumerate(ts):
+        exact = eps if prediction_type == "epsilon" else ab[t].sqrt() * eps - (1 - ab[t]).sqrt() * x0
+        x = ddim.step(exact, t, x).prev_sample
+        if i + 1 < len(ts):
+            n = ts[i + 1]
+            torch.testing.assert_close(x, ab[n].sqrt() * x0 + (1 - ab[n]).sqrt() * eps, rtol=0, atol=1e-3)
+    torch.testing.assert_close(x, x0, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_step_is_diffusers_step_where_diffusers_lands_right(eta):
+    """Where T // steps is the listed spacing (leading spacing; trailing with a step count that divides T) the
+    registered ddim's step is diffusers' DDIMScheduler.step with use_clipped_model_output=True, eta included."""
+    ours = DDPMHubScheduler(prediction_type="v_prediction")
+    for spacing, steps in (("leading", 50), ("trailing", 64)):
+        mine = make_sampler("ddim", ours)
+        mine.register_to_config(timestep_spacing=spacing)
+        theirs = DDIMScheduler.from_config(mine.config)
+        mine.set_timesteps(steps)
+        theirs.set_timesteps(steps)
+        assert torch.equal(mine.timesteps, theirs.timesteps)
+        x = torch.randn(2, 1, 8, 8, generator=gen())
+        for t in mine.timesteps[:: max(1, steps // 8)]:
+            out = torch.randn(2, 1, 8, 8, generator=gen(int(t)))
+            a = mine.step(out, t, x, eta=eta, generator=gen(7))
+            b = theirs.step(out, t, x, eta=eta, use_clipped_model_output=True, generator=gen(7))
+            torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=0, atol=1e-6)
+            torch.testing.assert_close(a.pred_original_sample, b.pred_original_sample, rtol=0, atol=0)
