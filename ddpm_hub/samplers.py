@@ -174,11 +174,12 @@ class ClippedDDIMScheduler(DDIMScheduler):
 def ddim(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:
     """DDIM (Song et al. 2021), deterministic (eta=0), x_0 clipped to [-1, 1] and the noise re-derived from it.
 
-    On a briefly trained model the deterministic probability-flow ODE itself is the limit, not the solver:
-    on the seed's noise-predicting default model (N = 200) unclipped DDIM scores fd 250 at 50 steps and 255
-    at 200, where the stochastic chain with the same 50 steps scores 39-42. Clipping keeps the ODE from its
-    worst; re-deriving the noise from the clipped x_0 (``ClippedDDIMScheduler``) takes diffusers' default DDIM
-    step from fd 124 to 79 at 50 steps. The v-predicting default model halves that again (benchmarks/README.md,
+    Each step goes to the next listed timestep (``ClippedDDIMScheduler``; diffusers' own step misses it with
+    trailing spacing at T=512 and left speckled grounds that grew with the step count). On a briefly trained
+    model the deterministic probability-flow ODE is further from the data than the stochastic chain: on the
+    seed's noise-predicting default model unclipped DDIM scored fd 250 at 50 steps; clipping and re-deriving the
+    noise from the clipped x_0 took diffusers' default DDIM step from fd 124 to 79; v-prediction and the
+    default's log-SNR-normal training timesteps bring it to about 1.3x the chain's fd (benchmarks/README.md,
     "Every core sampler on the bundled default model").
     For the best images in few steps use ``sde-dpm-solver++``; ``ddim`` is for a deterministic map from noise
     to image (same noise, same image, at any step count).

@@ -38,7 +38,8 @@ def test_the_seed_config_is_the_default_with_the_seeds_objective_precision_and_c
     different = {
         f.name for f in dataclasses.fields(TrainConfig) if getattr(seed, f.name) != getattr(default, f.name)
     }
-    assert different == {"output_dir", "scheduler", "mixed_precision", "final_sampler"}
+    assert seed.timestep_sampling.kind == "uniform" and default.timestep_sampling.kind == "logsnr_normal"
+    assert different == {"output_dir", "scheduler", "mixed_precision", "final_sampler", "timestep_sampling"}
 
 
 def test_cifar10_config_is_the_ddpm_paper_recipe():

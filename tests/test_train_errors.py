@@ -125,6 +125,21 @@ def test_resume_with_mixed_precision_auto_continues_in_the_runs_own_precision(ru
     assert (info["num_train_steps"], info["mixed_precision"]) == (6, "no")
 
 
+def test_a_run_saved_before_timestep_sampling_existed_resumes_with_its_uniform_t(run_copy, capsys):
+    """config.yaml files written before the key existed have no timestep_sampling; those runs drew a uniform
+    t, and a resume must not switch them to the newer default's log-SNR-normal draw."""
+    saved = yaml.safe_load((run_copy / "config.yaml").read_text())
+    assert saved["timestep_sampling"]["kind"] == "logsnr_normal"  # today's default, written out in full
+    del saved["timestep_sampling"]
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(saved))
+    resume = ["--output_dir", str(run_copy), "--resume", "latest", "--max_steps", "6"]
+    assert config_from_argv(resume).timestep_sampling.kind == "uniform"
+    assert cli_main(["train", *resume, "--timestep_sampling.kind", "logsnr_normal"]) == 2
+    assert "timestep_sampling.kind: 'uniform' -> 'logsnr_normal'" in capsys.readouterr().err
+    assert cli_main(["train", *resume]) == 0
+    assert json.loads((run_copy / "train_info.json").read_text())["timestep_sampling"] == "uniform"
+
+
 def test_resume_with_another_model_size_and_no_saved_config_is_one_line(run_copy):
     (run_copy / "config.yaml").unlink()
     args = tiny_args(run_copy, "--seed", "3", "--resume", "latest", "--model.base_channels", "24")
