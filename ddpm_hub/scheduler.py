@@ -424,15 +424,15 @@ class DDPMHubScheduler(SchedulerMixin, ConfigMixin):
         T = self.config.num_train_timesteps
         alpha_bar = self._tables(torch.device("cpu"), torch.float64)[2]
         logsnr = torch.log(alpha_bar) - torch.log1p(-alpha_bar)  # decreasing in t
-        edges = torch.cat(
-            [logsnr.new_tensor([math.inf]), (logsnr[1:] + logsnr[:-1]) / 2, logsnr.new_tensor([-math.inf])]
-        )
-        cdf = torch.distributions.Normal(logsnr_mean, logsnr_std).cdf(edges.clamp(-1e4, 1e4))
         if not float(logsnr[-1]) <= logsnr_mean <= float(logsnr[0]):  # else nearly all draws at t=0 or T-1
             raise ValueError(
                 f"the log SNR mean {logsnr_mean:g} is outside this schedule's log SNR, {float(logsnr[-1]):.1f} "
                 f"(t=T-1) to {float(logsnr[0]):.1f} (t=0)"
             )
+        edges = torch.cat(
+            [logsnr.new_tensor([math.inf]), (logsnr[1:] + logsnr[:-1]) / 2, logsnr.new_tensor([-math.inf])]
+        )
+        cdf = torch.distributions.Normal(logsnr_mean, logsnr_std).cdf(edges.clamp(-1e4, 1e4))
         mass = (cdf[:-1] - cdf[1:]).clamp(min=0)
         probs = (1 - uniform_share) * mass / mass.sum() + uniform_share / T
         return probs.float()

@@ -150,7 +150,7 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
     set_seed(config.seed)
     scheduler = build_scheduler(config)
     check_sampling(config, scheduler.config.num_train_timesteps)  # before the data: fails in seconds
-    check_timestep_sampling(config, scheduler)
+    timestep_probs = training_timestep_probabilities(config, scheduler)  # checked before the data, too
 
     # Data
     with accelerator.main_process_first():
@@ -158,6 +158,8 @@ def _train(config: TrainConfig, dataset, accelerator, run_dir: Path, interrupt: 
 
     # Model, optimizer, lr schedule, EMA (seed: "Model and Optimizer"), then the checkpoint or the run's seed.
     run = build_run(config, accelerator, run_dir, scheduler, data)
+    if timestep_probs is not None:
+        run.timestep_probs = timestep_probs.to(accelerator.device)
     if resume_from is not None:
         accelerator.print(f"resuming from {resume_from}")
         load_checkpoint(accelerator, resume_from, run.model, run.ema, run.state)  # nothing is unpickled
@@ -255,7 +257,8 @@ class Run:
     measured_global_batch: int | None = None
     #: the newest checkpoint written or resumed from (the non-finite-loss message names it)
     last_good: Path | None = None
-    _timestep_probs: torch.Tensor | None = None
+    #: the probability of each training timestep on the device; None: the seed's uniform t
+    timestep_probs: torch.Tensor | None = None
     _session_start: float = dataclasses.field(default_factory=time.perf_counter)
     _session_start_wall: float | None = None
 
@@ -425,16 +428,11 @@ def timestep_sampling_text(config: TrainConfig) -> str:
 
 
 def sample_timesteps(run: Run, bs: int) -> torch.Tensor:
-    """Each image's training timestep: the seed's uniform t, or t drawn by ``timestep_sampling``."""
-    device, ts = run.accelerator.device, run.config.timestep_sampling
-    T = run.scheduler.config.num_train_timesteps
-    if ts.kind == "uniform":
-        return torch.randint(0, T, (bs,), device=device).long()
-    if run._timestep_probs is None:  # computed once per run, on the device
-        run._timestep_probs = run.scheduler.timestep_probabilities(ts.mean, ts.std, ts.uniform_share).to(
-            device
-        )
-    return torch.multinomial(run._timestep_probs, bs, replacement=True)
+    """Each image's training timestep: the seed's uniform t, or drawn from ``run.timestep_probs``."""
+    if run.timestep_probs is None:
+        T = run.scheduler.config.num_train_timesteps
+        return torch.randint(0, T, (bs,), device=run.accelerator.device).long()
+    return torch.multinomial(run.timestep_probs, bs, replacement=True)
 
 
 def training_step(run: Run, batch) -> torch.Tensor:
@@ -1094,13 +1092,14 @@ def check_sampling(config: TrainConfig, num_train_timesteps: int) -> None:
             raise ConfigError(f"{name_key}={name}, {steps_key}={steps}: {exc}") from exc
 
 
-def check_timestep_sampling(config: TrainConfig, scheduler: DDPMHubScheduler) -> None:
-    """A ``logsnr_normal`` that misses the schedule's log SNR range is a config error, not a run on one t."""
+def training_timestep_probabilities(config: TrainConfig, scheduler: DDPMHubScheduler) -> torch.Tensor | None:
+    """``timestep_sampling``'s probability of each timestep (None for ``uniform``); a ``logsnr_normal`` that
+    misses the schedule's log SNR range is a config error, not a run on one t."""
     ts = config.timestep_sampling
     if ts.kind == "uniform":
-        return
+        return None
     try:
-        scheduler.timestep_probabilities(ts.mean, ts.std, ts.uniform_share)
+        return scheduler.timestep_probabilities(ts.mean, ts.std, ts.uniform_share)
     except ValueError as exc:
         raise ConfigError(
             f"timestep_sampling: {exc}; put timestep_sampling.mean inside it (-1 is the default's)"

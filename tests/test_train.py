@@ -230,13 +230,15 @@ def _timestep_run(kind, **kwargs):
 
     from ddpm_hub.config import TimestepSamplingConfig, TrainConfig
     from ddpm_hub.scheduler import DDPMHubScheduler
+    from ddpm_hub.train import training_timestep_probabilities
 
     config = TrainConfig(timestep_sampling=TimestepSamplingConfig(kind=kind, **kwargs))
+    scheduler = DDPMHubScheduler(num_train_timesteps=512)
     return SimpleNamespace(
         config=config,
         accelerator=SimpleNamespace(device=torch.device("cpu")),
-        scheduler=DDPMHubScheduler(num_train_timesteps=512),
-        _timestep_probs=None,
+        scheduler=scheduler,
+        timestep_probs=training_timestep_probabilities(config, scheduler),
     )
 
 
