@@ -24,20 +24,51 @@ import re
 import time
 
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import DPMSolverMultistepScheduler
 from diffusers.configuration_utils import FrozenDict
 
 from ddpm_hub import DDPMHubScheduler
+from ddpm_hub.samplers import ClippedDDIMScheduler
 
 
-class VariantDDIM(DDIMScheduler):
-    """DDIMScheduler with eta, clipping and ``use_clipped_model_output`` chosen per step by timestep."""
+class VariantDDIM(ClippedDDIMScheduler):
+    """ddpm-hub's DDIM step (each step lands on the next listed timestep) with eta, clipping and
+    ``use_clipped_model_output`` chosen per variant, eta and clipping per step by timestep. Before commit
+    debbc5e the variants used diffusers' own step, whose stride misses the listed timesteps at T=512."""
 
     eta = 0.0
     clip_below: int | None = None  # clip x_0 only at t < clip_below
     clipped_eps = False  # re-derive the noise from the clipped x_0
     stochastic_above: int | None = None  # eta = 1 at t >= this, else 0
     stochastic_below: int | None = None  # eta = 1 at t < this, else 0
+    custom_spacing: str | None = None  # None: the config's; "quad": t quadratic in the step index; "logsnr": log SNR even
+
+    def set_timesteps(self, num_inference_steps, device=None):
+        super().set_timesteps(num_inference_steps, device)
+        if self.custom_spacing is None:
+            return
+        top, bottom = int(self.timesteps[0]), int(self.timesteps[-1])
+        u = torch.linspace(0, 1, num_inference_steps, dtype=torch.float64)
+        if self.custom_spacing == "quad":
+            t = bottom + (top - bottom) * u**2
+        elif self.custom_spacing == "hiquad":  # dense near T
+            t = bottom + (top - bottom) * (1 - (1 - u) ** 2)
+        elif self.custom_spacing == "logsnr":
+            ab = self.alphas_cumprod.double()
+            lam = (ab / (1 - ab)).log()
+            target = lam[bottom] + (lam[top] - lam[bottom]) * u
+            grid = torch.arange(len(lam), dtype=torch.float64)
+            # lam decreases with t: interpolate t(lam) on the reversed arrays
+            t = torch.from_numpy(__import__("numpy").interp(target.numpy(), lam.flip(0).numpy(), grid.flip(0).numpy()))
+        else:
+            raise ValueError(self.custom_spacing)
+        t = t.round().long()
+        for i in range(1, len(t)):  # strictly increasing, one timestep apart at least
+            t[i] = max(int(t[i]), int(t[i - 1]) + 1)
+        t[-1] = min(int(t[-1]), top)
+        for i in range(len(t) - 2, -1, -1):  # and at most top
+            t[i] = min(int(t[i]), int(t[i + 1]) - 1)
+        self.timesteps = t.flip(0).to(self.timesteps.device)
 
     def step(self, model_output, timestep, sample, generator=None, return_dict=True):
         t = int(timestep)
@@ -115,6 +146,7 @@ def build_variant(name: str, base) -> tuple[object, int]:
                 eta=1.0 if "-eta1" in rest else 0.0,
                 clip="-noclip" not in rest,
                 clipped_eps="-clipeps" in rest,
+                custom_spacing="hiquad" if "-hiquad" in rest else "quad" if "-quad" in rest else "logsnr" if "-logsnr" in rest else None,
             )
         algorithm = "sde-dpmsolver++" if kind == "sde" else "dpmsolver++"
         return dpm(steps, algorithm, thresholding="-nothr" not in rest)
