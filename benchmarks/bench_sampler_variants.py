@@ -8,9 +8,10 @@ step count. Every variant samples the same N images (one batch, ``--seed``) and 
 scores them (classifier Frechet distance; ``mean`` is the mean pixel, 0.13 for real MNIST digits: grey
 grounds raise it). One JSON line per variant.
 
-Variant names: ``ddimSTEPS[-noclip][-clipeps][-eta1]``, ``dpmSTEPS[-nothr]``, ``sdeSTEPS[-nothr]`` (the
-SDE variant of DPM-Solver++), ``ddpm-STEPS[-clip][-trailing]`` (ddpm-hub's ancestral chain), and the named
-ones in ``NAMED``.
+Variant names: ``ddimSTEPS[-noclip][-clipeps][-eta1][-quad|-hiquad|-logsnr]`` (the last: timesteps from
+the same top and bottom as trailing spacing, quadratic in the step index, dense at high t, or even in log
+SNR), ``dpmSTEPS[-nothr]``, ``sdeSTEPS[-nothr]`` (the SDE variant of DPM-Solver++),
+``ddpm-STEPS[-clip][-trailing]`` (ddpm-hub's ancestral chain), and the named ones in ``NAMED``.
 
     python benchmarks/bench_sampler_variants.py --num-samples 200 ddim50 ddim50-noclip ddim50-clipeps \\
         ddim50-eta1 ddim50-eta1-noclip ddim200-noclip ddim50-hiSDE256 ddim50-loSDE256 dpm20 dpm20-nothr
@@ -23,6 +24,7 @@ import json
 import re
 import time
 
+import numpy as np
 import torch
 from diffusers import DPMSolverMultistepScheduler
 from diffusers.configuration_utils import FrozenDict
@@ -41,7 +43,9 @@ class VariantDDIM(ClippedDDIMScheduler):
     clipped_eps = False  # re-derive the noise from the clipped x_0
     stochastic_above: int | None = None  # eta = 1 at t >= this, else 0
     stochastic_below: int | None = None  # eta = 1 at t < this, else 0
-    custom_spacing: str | None = None  # None: the config's; "quad": t quadratic in the step index; "logsnr": log SNR even
+    # None: the config's spacing; "quad": t quadratic in the step index (dense at low t); "hiquad": dense at
+    # high t; "logsnr": even steps in log SNR. Same top and bottom timestep as the config's spacing.
+    custom_spacing: str | None = None
 
     def set_timesteps(self, num_inference_steps, device=None):
         super().set_timesteps(num_inference_steps, device)
@@ -59,7 +63,7 @@ class VariantDDIM(ClippedDDIMScheduler):
             target = lam[bottom] + (lam[top] - lam[bottom]) * u
             grid = torch.arange(len(lam), dtype=torch.float64)
             # lam decreases with t: interpolate t(lam) on the reversed arrays
-            t = torch.from_numpy(__import__("numpy").interp(target.numpy(), lam.flip(0).numpy(), grid.flip(0).numpy()))
+            t = torch.from_numpy(np.interp(target.numpy(), lam.flip(0).numpy(), grid.flip(0).numpy()))
         else:
             raise ValueError(self.custom_spacing)
         t = t.round().long()
@@ -146,7 +150,7 @@ def build_variant(name: str, base) -> tuple[object, int]:
                 eta=1.0 if "-eta1" in rest else 0.0,
                 clip="-noclip" not in rest,
                 clipped_eps="-clipeps" in rest,
-                custom_spacing="hiquad" if "-hiquad" in rest else "quad" if "-quad" in rest else "logsnr" if "-logsnr" in rest else None,
+                custom_spacing=next((k for k in ("hiquad", "quad", "logsnr") if f"-{k}" in rest), None),
             )
         algorithm = "sde-dpmsolver++" if kind == "sde" else "dpmsolver++"
         return dpm(steps, algorithm, thresholding="-nothr" not in rest)
