@@ -156,3 +156,33 @@ def test_cli_eval_missing_model(tmp_path):
     r = _cli(tmp_path / "nothing", "--num-samples", 2)
     assert r.returncode != 0
     assert "no pipeline folder" in r.stderr
+
+
+def test_bench_quality_pools_the_seeds_that_separate_runs_saved(tmp_path):
+    """benchmarks/bench_quality.py --features-dir: one Gaussian fitted to every saved seed's features of a
+    sampler (seeds run by separate commands included), keyed by the sampler's name even when it holds '-'/'+'."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_quality
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(50, 8, generator=g, dtype=torch.float64)
+    b = torch.randn(60, 8, generator=g, dtype=torch.float64) * 2 + 1
+    reference = ev.Reference(torch.randn(80, 8, generator=g, dtype=torch.float64), "test", 80)
+    torch.save(a, tmp_path / "ddim-50-seed0.pt")
+    torch.save(b, tmp_path / "ddim-50-seed3.pt")
+    torch.save(b, tmp_path / "sde-dpm-solver++-20-seed1.pt")
+    pooled = bench_quality.pooled_fd(tmp_path, reference)
+    assert set(pooled) == {"ddim-50", "sde-dpm-solver++-20"}
+    assert pooled["ddim-50"]["seeds"] == [0, 3] and pooled["ddim-50"]["num_images"] == 110
+    both = ev.frechet_distance(torch.cat([a, b]), reference.features)
+    assert pooled["ddim-50"]["fd_pooled"] == pytest.approx(both)
+    mean_of_seeds = (
+        ev.frechet_distance(a, reference.features) + ev.frechet_distance(b, reference.features)
+    ) / 2
+    assert abs(both - mean_of_seeds) > 0.1  # pooling is not averaging the per-seed fds
+    assert pooled["sde-dpm-solver++-20"]["seeds"] == [1]
+    assert pooled["sde-dpm-solver++-20"]["fd_pooled"] == pytest.approx(
+        ev.frechet_distance(b, reference.features)
+    )
