@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import random
 import sys
 import tempfile
 import time
@@ -177,27 +178,52 @@ def score(pipe, num_samples: int, sampler: str, steps: int | None, reference, se
     }
 
 
-def pooled_fd(features_dir: Path, reference) -> dict:
+def pooled_fd(features_dir: Path, reference, relative_to: str | None = None, bootstrap: int = 0) -> dict:
     """The fd of every sampler's images pooled over all the seeds saved in ``features_dir`` (by
     ``--features-dir``, from one run or several): one Gaussian fitted to N x seeds images, so far less noisy
-    than the mean of the per-seed fds (at N = 500 the same model's fd moves by up to 15 points between seeds)."""
+    than the mean of the per-seed fds (at N = 500 the same model's fd moves by up to 15 points between seeds).
+
+    ``relative_to``: a sampler key (``ddpm-seed-512``); each sampler's pooled fd is also given as a ratio to
+    its. ``bootstrap``: that many resamplings of the seeds (with replacement, the same seeds for both) give
+    the ratio's 5-95% range, i.e. how much of it is the choice of seeds."""
     from ddpm_hub import evaluate
 
-    pooled = {}
+    pooled: dict[str, dict[int, torch.Tensor]] = {}
     for path in sorted(Path(features_dir).glob("*-seed*.pt")):
         key, seed = path.stem.rsplit("-seed", 1)
         pooled.setdefault(key, {})[int(seed)] = torch.load(path, weights_only=True)
+
+    def fd(key: str, seeds) -> float:
+        return evaluate.frechet_distance(torch.cat([pooled[key][s] for s in seeds]), reference.features)
+
     out = {}
     for key, by_seed in pooled.items():
-        feats = torch.cat([by_seed[s] for s in sorted(by_seed)])
+        seeds = sorted(by_seed)
         out[key] = {
-            "fd_pooled": evaluate.frechet_distance(feats, reference.features),
-            "seeds": sorted(by_seed),
-            "num_images": len(feats),
+            "fd_pooled": fd(key, seeds),
+            "seeds": seeds,
+            "num_images": sum(map(len, by_seed.values())),
         }
-        print(
-            f"{key:22s} fd {out[key]['fd_pooled']:7.1f} pooled over {len(feats)} images, seeds {sorted(by_seed)}"
-        )
+    if relative_to is not None and relative_to not in pooled:
+        raise SystemExit(f"--relative-to {relative_to!r}: no features of it in {features_dir}")
+    rng = random.Random(0)
+    for key, row in out.items():
+        line = f"{key:22s} fd {row['fd_pooled']:7.1f} pooled over {row['num_images']} images, seeds {row['seeds']}"
+        if relative_to is not None:
+            common = sorted(set(row["seeds"]) & set(pooled[relative_to]))
+            row["ratio"] = fd(key, common) / fd(relative_to, common)
+            line += f"; x{row['ratio']:.2f} of {relative_to} (seeds {common})"
+            if bootstrap and key != relative_to:
+                draws = []
+                for _ in range(bootstrap):
+                    pick = [common[rng.randrange(len(common))] for _ in common]
+                    draws.append(fd(key, pick) / fd(relative_to, pick))
+                draws.sort()
+                row["ratio_5_95"] = [draws[int(0.05 * bootstrap)], draws[int(0.95 * bootstrap) - 1]]
+                line += (
+                    f", {row['ratio_5_95'][0]:.2f}-{row['ratio_5_95'][1]:.2f} over {bootstrap} resamplings"
+                )
+        print(line, flush=True)
     return out
 
 
@@ -343,6 +369,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--pool-only", action="store_true", help="only print the pooled fd of what --features-dir holds"
     )
+    p.add_argument(
+        "--relative-to", default=None, help="pooled fds also as ratios to this, e.g. ddpm-seed-512"
+    )
+    p.add_argument("--bootstrap", type=int, default=0, help="resamplings of the seeds for the ratios' 5-95%%")
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
@@ -350,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.pool_only:
         if args.features_dir is None:
             p.error("--pool-only needs --features-dir")
-        pooled = pooled_fd(args.features_dir, reference)
+        pooled = pooled_fd(args.features_dir, reference, args.relative_to, args.bootstrap)
         if args.json:
             args.json.write_text(json.dumps(pooled, indent=1))
         return pooled
@@ -367,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.skip_steps:
         result["sampler_steps"] = part2(args, pipe, reference)
         if args.features_dir is not None:
-            result["pooled"] = pooled_fd(args.features_dir, reference)
+            result["pooled"] = pooled_fd(args.features_dir, reference, args.relative_to, args.bootstrap)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return result

@@ -179,7 +179,7 @@ def ddim(config: dict[str, Any], betas: torch.Tensor) -> SchedulerMixin:
     model the deterministic probability-flow ODE is further from the data than the stochastic chain: on the
     seed's noise-predicting default model unclipped DDIM scored fd 250 at 50 steps; clipping and re-deriving the
     noise from the clipped x_0 took diffusers' default DDIM step from fd 124 to 79; v-prediction and the
-    default's log-SNR-normal training timesteps bring it to about 1.3x the chain's fd (benchmarks/README.md,
+    default's log-SNR-normal training timesteps bring it to about 1.2x the chain's fd (benchmarks/README.md,
     "Every core sampler on the bundled default model").
     For the best images in few steps use ``sde-dpm-solver++``; ``ddim`` is for a deterministic map from noise
     to image (same noise, same image, at any step count).

@@ -172,7 +172,7 @@ def test_bench_quality_pools_the_seeds_that_separate_runs_saved(tmp_path):
     reference = ev.Reference(torch.randn(80, 8, generator=g, dtype=torch.float64), "test", 80)
     torch.save(a, tmp_path / "ddim-50-seed0.pt")
     torch.save(b, tmp_path / "ddim-50-seed3.pt")
-    torch.save(b, tmp_path / "sde-dpm-solver++-20-seed1.pt")
+    torch.save(b, tmp_path / "sde-dpm-solver++-20-seed3.pt")
     pooled = bench_quality.pooled_fd(tmp_path, reference)
     assert set(pooled) == {"ddim-50", "sde-dpm-solver++-20"}
     assert pooled["ddim-50"]["seeds"] == [0, 3] and pooled["ddim-50"]["num_images"] == 110
@@ -182,7 +182,13 @@ def test_bench_quality_pools_the_seeds_that_separate_runs_saved(tmp_path):
         ev.frechet_distance(a, reference.features) + ev.frechet_distance(b, reference.features)
     ) / 2
     assert abs(both - mean_of_seeds) > 0.1  # pooling is not averaging the per-seed fds
-    assert pooled["sde-dpm-solver++-20"]["seeds"] == [1]
+    assert pooled["sde-dpm-solver++-20"]["seeds"] == [3]
+    ratios = bench_quality.pooled_fd(tmp_path, reference, relative_to="ddim-50", bootstrap=20)
+    assert ratios["ddim-50"]["ratio"] == pytest.approx(1.0)
+    # the ratio over the seeds both have (seed 3 only: b against b)
+    assert ratios["sde-dpm-solver++-20"]["ratio"] == pytest.approx(1.0)
+    low, high = ratios["sde-dpm-solver++-20"]["ratio_5_95"]
+    assert low == pytest.approx(1.0) and high == pytest.approx(1.0)
     assert pooled["sde-dpm-solver++-20"]["fd_pooled"] == pytest.approx(
         ev.frechet_distance(b, reference.features)
     )
