@@ -184,7 +184,7 @@ def pooled_fd(features_dir: Path, reference, relative_to: str | None = None, boo
     than the mean of the per-seed fds (at N = 500 the same model's fd moves by up to 15 points between seeds).
 
     ``relative_to``: a sampler key (``ddpm-seed-512``); each sampler's pooled fd is also given as a ratio to
-    its. ``bootstrap``: that many resamplings of the seeds (with replacement, the same seeds for both) give
+    that sampler's, over the seeds both have. ``bootstrap``: that many resamplings of the seeds (with replacement, the same seeds for both) give
     the ratio's 5-95% range, i.e. how much of it is the choice of seeds."""
     from ddpm_hub import evaluate
 
@@ -192,6 +192,10 @@ def pooled_fd(features_dir: Path, reference, relative_to: str | None = None, boo
     for path in sorted(Path(features_dir).glob("*-seed*.pt")):
         key, seed = path.stem.rsplit("-seed", 1)
         pooled.setdefault(key, {})[int(seed)] = torch.load(path, weights_only=True)
+    if not pooled:
+        raise SystemExit(
+            f"no SAMPLER-STEPS-seedS.pt features in {features_dir}; part 2 writes them with --features-dir"
+        )
 
     def fd(key: str, seeds) -> float:
         return evaluate.frechet_distance(torch.cat([pooled[key][s] for s in seeds]), reference.features)
@@ -377,9 +381,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(0)
     reference = evaluate.Reference.from_dataset("mnist5k")
+    if args.pool_only and args.features_dir is None:
+        p.error("--pool-only needs --features-dir")
+    if args.bootstrap and args.relative_to is None:
+        p.error("--bootstrap resamples the ratios to --relative-to SAMPLER-STEPS: give it too")
     if args.pool_only:
-        if args.features_dir is None:
-            p.error("--pool-only needs --features-dir")
         pooled = pooled_fd(args.features_dir, reference, args.relative_to, args.bootstrap)
         if args.json:
             args.json.write_text(json.dumps(pooled, indent=1))
