@@ -1,12 +1,16 @@
 """Test-suite setup. The environment is set before anything imports a Hugging Face library, since
 huggingface_hub reads its endpoint and cache paths at import time."""
 
+import atexit
 import os
+import shutil
 import socket
 import sys
 import tempfile
 
 _TMP = tempfile.mkdtemp(prefix="ddpm-hub-tests-")
+# Removed when the run ends (about 15 MB a run: the Hub cache, gradio's files); left behind, every run added one.
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_UPDATE_DOWNLOAD_COUNTS"] = "0"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
